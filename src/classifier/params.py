@@ -80,12 +80,23 @@ class SaveParams(Section):
     min_accuracy: float = Field(ge=0, le=1)
 
 
+class Tolerances(Section):
+    accuracy: float = Field(ge=0, le=1)
+    macro_f1: float = Field(ge=0, le=1)
+    loss: float = Field(ge=0, le=100)
+
+
+class CompareParams(Section):
+    tolerances: Tolerances
+
+
 class Params(Section):
     seed: int = Field(ge=0, le=2**32 - 1)
     data: DataParams
     model: ModelParams
     train: TrainParams
     save: SaveParams
+    compare: CompareParams
 
 
 def _describe(error: dict, fields: dict) -> str:

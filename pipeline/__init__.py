@@ -1,0 +1,1 @@
+"""Prefect flows and reports that operate the DVC pipeline. Never imports torch."""

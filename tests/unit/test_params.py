@@ -1,0 +1,109 @@
+import copy
+
+import pytest
+import yaml
+
+from classifier.params import ParamsError, load_params, validate_params
+
+
+def with_change(params: dict, dotted: str, value) -> dict:
+    changed = copy.deepcopy(params)
+    *parents, leaf = dotted.split(".")
+    section = changed
+    for key in parents:
+        section = section[key]
+    section[leaf] = value
+    return changed
+
+
+def test_committed_params_are_valid(default_params):
+    params = validate_params(default_params)
+    assert params.data.dataset == "mnist-5k"
+    assert list(params.model.hidden_sizes) == [512, 512]
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "rule"),
+    [
+        ("train.epochs", 0, "greater than or equal to 1"),
+        ("train.epochs", "10", "valid integer"),
+        ("train.epochs", 2.5, "valid integer"),
+        ("train.batch_size", -64, "greater than or equal to 1"),
+        ("train.optimizer", "rmsprop", "'adam' or 'sgd'"),
+        ("train.learning_rate", 0, "greater than 0"),
+        ("train.device", "tpu", "'auto', 'cpu', 'cuda' or 'mps'"),
+        ("data.dataset", "cifar10", "mnist-5k"),
+        ("data.val_fraction", 0.7, "less than 0.5"),
+        ("data.test_fraction", True, "valid number"),
+        ("model.hidden_sizes", 512, "valid list"),
+        ("save.min_accuracy", 1.5, "less than or equal to 1"),
+        ("seed", -1, "greater than or equal to 0"),
+    ],
+)
+def test_bad_value_names_file_key_value_and_rule(default_params, key, value, rule):
+    with pytest.raises(ParamsError) as caught:
+        validate_params(with_change(default_params, key, value), "params.yaml")
+    message = str(caught.value)
+    assert message.startswith("params.yaml: invalid params")
+    line = next(line for line in message.splitlines() if line.strip().startswith(key))
+    assert repr(value) in line
+    assert rule in line
+
+
+def test_bad_list_item_is_named_by_its_index(default_params):
+    with pytest.raises(ParamsError, match=r"model\.hidden_sizes\.1 = 0: must be greater than or equal to 1"):
+        validate_params(with_change(default_params, "model.hidden_sizes", [512, 0]))
+
+
+def test_unknown_key_is_named_with_the_allowed_ones(default_params):
+    with pytest.raises(ParamsError, match=r"train\.epoch: unknown key \(allowed: epochs, batch_size"):
+        validate_params(with_change(default_params, "train.epoch", 3))
+
+
+def test_missing_section_is_named(default_params):
+    del default_params["save"]
+    with pytest.raises(ParamsError, match=r"save: missing"):
+        validate_params(default_params)
+
+
+def test_remote_dataset_needs_a_mirror(default_params):
+    changed = with_change(default_params, "data.dataset", "kmnist")
+    del changed["data"]["mirrors"]["kmnist"]
+    with pytest.raises(ParamsError, match=r"no entry for data.dataset 'kmnist'"):
+        validate_params(changed)
+
+
+@pytest.mark.parametrize("url", ["http://example.com/mnist/", "ftp://127.0.0.1/", "file:///tmp/x/"])
+def test_mirror_must_be_https_except_on_loopback(default_params, url):
+    with pytest.raises(ParamsError, match=r"data\.mirrors\.mnist\.0 = .*must be an https:// URL"):
+        validate_params(with_change(default_params, "data.mirrors.mnist", [url]))
+
+
+def test_loopback_http_mirror_is_accepted_and_gets_a_trailing_slash(default_params):
+    params = validate_params(with_change(default_params, "data.mirrors.mnist", ["http://127.0.0.1:8000/m"]))
+    assert params.data.mirrors["mnist"] == ["http://127.0.0.1:8000/m/"]
+
+
+def test_empty_file(tmp_path):
+    path = tmp_path / "params.yaml"
+    path.write_text("")
+    with pytest.raises(ParamsError, match=r"params.yaml: the file is empty"):
+        load_params(path)
+
+
+def test_invalid_yaml_names_the_file(tmp_path):
+    path = tmp_path / "params.yaml"
+    path.write_text("train: [epochs: 1\n")
+    with pytest.raises(ParamsError, match=r"params.yaml: not valid YAML"):
+        load_params(path)
+
+
+def test_missing_file(tmp_path):
+    with pytest.raises(ParamsError, match=r"nope.yaml: cannot read params file"):
+        load_params(tmp_path / "nope.yaml")
+
+
+def test_round_trip_through_yaml(tmp_path, default_params):
+    path = tmp_path / "params.yaml"
+    path.write_text(yaml.safe_dump(default_params))
+    assert load_params(path).train.epochs == default_params["train"]["epochs"]
