@@ -75,8 +75,8 @@ def write_params(project: Path, **changes) -> None:
 
 
 def copy_project(destination: Path) -> Path:
-    """A fresh git repo holding the project's tracked files (no venv, data, models or DVC cache)."""
-    tracked = subprocess.run(["git", "ls-files", "-z"], cwd=PROJECT_ROOT, capture_output=True, check=True).stdout
+    """A fresh git repo holding the project's files as git sees them (tracked and not ignored) (no venv, data, models or DVC cache)."""
+    tracked = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"], cwd=PROJECT_ROOT, capture_output=True, check=True).stdout
     for relative in filter(None, tracked.decode().split("\0")):
         source = PROJECT_ROOT / relative
         if source.is_file():
@@ -101,3 +101,19 @@ def project(tmp_path: Path) -> Path:
     write_params(root, **{"train.epochs": 1, "save.min_accuracy": 0.5})
     commit_all(root, "one-epoch copy")
     return root
+
+
+@pytest.fixture(scope="session")
+def reproduced_template(tmp_path_factory) -> Path:
+    """One one-epoch copy of the project after a full `dvc repro`, committed; built once per session."""
+    root = copy_project(tmp_path_factory.mktemp("template") / "project")
+    write_params(root, **{"train.epochs": 1, "save.min_accuracy": 0.5})
+    dvc(root, "repro")
+    commit_all(root, "one-epoch baseline run")
+    return root
+
+
+@pytest.fixture
+def reproduced_project(reproduced_template: Path, tmp_path: Path) -> Path:
+    """A private copy of the reproduced template (workspace, git history and DVC cache)."""
+    return Path(shutil.copytree(reproduced_template, tmp_path / "project", symlinks=True))

@@ -1,0 +1,18 @@
+"""Fixtures for the Prefect tests: one temporary Prefect API for the whole session, on request."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+
+@pytest.fixture(scope="session")
+def prefect_harness():
+    """prefect_test_harness costs seconds to start: one per session, only for tests that ask."""
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    os.environ.setdefault("DO_NOT_TRACK", "1")
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=120):
+        yield

@@ -1,0 +1,111 @@
+"""The real `dvc repro` in a temporary git copy of the project, trained for one epoch."""
+
+import json
+import re
+
+import pytest
+
+from classifier.files import file_digest
+from tests.conftest import dvc, write_params
+
+pytestmark = pytest.mark.slow
+
+ALL_STAGES = ["validate", "download", "prepare", "train", "evaluate", "save"]
+OUTPUTS = [
+    "data/raw/mnist_5k.csv.gz",
+    "data/prepared/train_images.npy",
+    "data/prepared/meta.json",
+    "models/checkpoint.pt",
+    "models/model.pth",
+    "models/model.json",
+    "metrics/metrics.json",
+    "metrics/history.csv",
+    "metrics/confusion.csv",
+    "metrics/per_class.csv",
+]
+
+
+def ran_stages(output: str) -> list[str]:
+    return re.findall(r"Running stage '([\w-]+)'", output)
+
+
+def output_hashes(project) -> dict[str, str]:
+    return {relative: file_digest(project / relative) for relative in OUTPUTS if (project / relative).exists()}
+
+
+def test_repro_runs_everything_once_then_only_what_changed(project):
+    first = dvc(project, "repro")
+    assert ran_stages(first.stdout) == ALL_STAGES
+    for relative in OUTPUTS:
+        assert (project / relative).is_file(), relative
+    metrics = json.loads((project / "metrics/metrics.json").read_text())
+    assert metrics["dataset"] == "mnist-5k"
+    assert metrics["samples"] == {"train": 3600, "val": 400, "test": 1000}
+    assert 0.5 < metrics["test"]["accuracy"] <= 1
+    card = json.loads((project / "models/model.json").read_text())
+    assert card["sha256"] == file_digest(project / "models/model.pth")
+
+    second = dvc(project, "repro")
+    assert ran_stages(second.stdout) == []
+    assert "up to date" in dvc(project, "status").stdout
+
+    write_params(project, **{"train.epochs": 2})
+    third = dvc(project, "repro")
+    assert ran_stages(third.stdout) == ["validate", "train", "evaluate", "save"]
+    assert len((project / "metrics/history.csv").read_text().splitlines()) == 1 + 2
+
+
+def test_forced_reruns_give_identical_model_bytes_and_metrics(reproduced_project):
+    project = reproduced_project
+    model_sha = file_digest(project / "models/model.pth")
+    metrics = (project / "metrics/metrics.json").read_bytes()
+    dvc(project, "repro", "-f")
+    assert file_digest(project / "models/model.pth") == model_sha
+    assert (project / "metrics/metrics.json").read_bytes() == metrics
+
+
+def test_exp_run_with_a_set_param_reruns_train_evaluate_and_save_only(reproduced_project):
+    result = dvc(reproduced_project, "exp", "run", "-S", "train.epochs=2")
+    assert ran_stages(result.stdout) == ["validate", "train", "evaluate", "save"]
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "named"),
+    [
+        ("train.epochs", 0, "train.epochs = 0"),
+        ("train.optimizer", "adamw", "train.optimizer = 'adamw'"),
+        ("data.dataset", "cifar", "data.dataset = 'cifar'"),
+        ("save.min_accuracy", "high", "save.min_accuracy = 'high'"),
+    ],
+)
+def test_bad_params_stop_the_run_before_any_output_is_touched(reproduced_project, key, value, named):
+    project = reproduced_project
+    before = output_hashes(project)
+    write_params(project, **{key: value})
+    result = dvc(project, "repro", check=False)
+    assert result.returncode != 0
+    assert named in result.stderr + result.stdout
+    assert "Traceback" not in result.stderr
+    assert ran_stages(result.stdout) == ["validate"]
+    assert output_hashes(project) == before
+
+
+def test_a_model_below_the_bar_fails_save_and_keeps_the_published_model(reproduced_project):
+    project = reproduced_project
+    published = file_digest(project / "models/model.pth")
+    write_params(project, **{"save.min_accuracy": 0.999, "train.epochs": 2})
+    result = dvc(project, "repro", check=False)
+    assert result.returncode != 0
+    assert re.search(r"test accuracy 0\.\d{4} is below save.min_accuracy 0.9990", result.stderr)
+    assert file_digest(project / "models/model.pth") == published
+
+
+def test_metrics_and_plots_show(reproduced_project):
+    project = reproduced_project
+    shown = json.loads(dvc(project, "metrics", "show", "--json").stdout)
+    # dvc keys the workspace as "" in its JSON
+    assert shown[""]["data"]["metrics/metrics.json"]["data"]["test"]["accuracy"] > 0.5
+    dvc(project, "plots", "show", "-o", "plots-out")
+    html = (project / "plots-out" / "index.html").read_text()
+    for plot in ("loss", "accuracy", "metrics/confusion.csv", "metrics/per_class.csv"):
+        assert plot in html
