@@ -37,5 +37,25 @@ metrics: $(INSTALLED)  ## show the committed metrics and their change against HE
 plots: $(INSTALLED)  ## render dvc plots to dvc_plots/index.html
 	$(BIN)/dvc plots show
 
+# Pull-request report: the workspace against BASE, written to OUT (see README, "Pull-request reports").
+BASE ?= main
+OUT ?= report
+REPORT_FLAGS ?=
+
+.PHONY: report pr-report pr-comment
+
+report: $(INSTALLED)  ## report of the workspace against BASE (default main) in OUT/report.md (default report/)
+	$(BIN)/python -m pipeline.report --base '$(BASE)' --out '$(OUT)' $(REPORT_FLAGS)
+
+# What CI runs: pull the outputs when a DVC remote is set (a failed pull just means more to
+# recompute), reproduce, then report; exit 1 when a metric regressed beyond its tolerance.
+pr-report: $(INSTALLED)  ## pipeline (pull or repro) then report against BASE; fails on a regression
+	if $(BIN)/dvc remote default >/dev/null 2>&1; then $(BIN)/dvc pull --allow-missing || true; fi
+	$(BIN)/dvc repro
+	$(BIN)/python -m pipeline.report --base '$(BASE)' --out '$(OUT)' --fail-on-regression $(REPORT_FLAGS)
+
+pr-comment: $(INSTALLED)  ## create or update the report comment on pull request PR (needs gh and GH_TOKEN)
+	$(BIN)/python -m pipeline.post_comment --pr '$(PR)' '$(OUT)/comment.md'
+
 clean:  ## remove the virtual environment and caches (not data or models)
 	rm -rf $(VENV) .pytest_cache .hypothesis src/*.egg-info

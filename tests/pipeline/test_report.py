@@ -285,7 +285,7 @@ def test_make_report_matches_both_metrics_files(two_runs):
     f1 = {rev: {row["class"]: float(row["f1"]) for row in csv.DictReader(io.StringIO(at(root, rev, "metrics/per_class.csv")))}
           for rev in ("HEAD~1", "HEAD")}
     biggest = max(f1["HEAD"], key=lambda name: abs(f1["HEAD"][name] - f1["HEAD~1"][name]))
-    first_class, first_row = next(iter(table(text, "Classes whose F1 moved most").items()))
+    _, first_row = next(iter(table(text, "Classes whose F1 moved most").items()))
     assert abs(abs(printed(first_row[2])) - abs(f1["HEAD"][biggest] - f1["HEAD~1"][biggest])) <= 0.5e-4 + 1e-12
 
     # A stage reran exactly when its cmd, deps or params differ between the two dvc.lock files.
