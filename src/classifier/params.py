@@ -74,6 +74,8 @@ class TrainParams(Section):
     optimizer: Literal["adam", "sgd"]
     learning_rate: float = Field(gt=0, le=10)
     device: Literal["auto", "cpu", "cuda", "mps"]
+    precision: Literal["fp32", "bf16"]
+    checkpoint_every: int = Field(ge=1, le=10_000)
 
 
 class SaveParams(Section):

@@ -1,16 +1,25 @@
 """Stage `train`: fit the MLP on the prepared train split, validating after every epoch.
 
-    python -m classifier.train data/prepared models/checkpoint.pt metrics/history.csv
+    python -m classifier.train data/prepared models/checkpoint.pt metrics/history.csv \
+        --resume-dir .cache/train-resume
 
 Deterministic on a given machine: weights from `seed`, shuffle order from a generator
 seeded with `seed + epoch`. Writes a full checkpoint (model, optimizer, epoch, RNG states,
 history) and the per-epoch history that `dvc plots` draws.
+
+Every `train.checkpoint_every` epochs the same state goes to a resume file in the resume
+folder, named by a hash of everything the result depends on (params, prepared data,
+training code, device). DVC deletes the stage's outputs before it runs, but not that
+folder: an interrupted run restarts from its last resume file and, on the CPU, ends with
+the same bytes as an uninterrupted one.
 """
 
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
+import json
 import logging
 import sys
 import time
@@ -24,10 +33,10 @@ from tqdm import tqdm
 
 from classifier.cli import run, stage_parser
 from classifier.data import InMemorySplit, Normalization, batches, load_prepared
-from classifier.files import atomic_write_text
+from classifier.files import atomic_write_text, file_digest
 from classifier.model import NeuralNetwork, logits_for, loss_and_accuracy, resolve_device
 from classifier.params import TrainParams, load_params
-from classifier.serialization import save_atomically
+from classifier.serialization import load_file, save_atomically
 
 log = logging.getLogger("train")
 
@@ -47,15 +56,18 @@ def make_optimizer(model: nn.Module, train_params: TrainParams) -> torch.optim.O
     return torch.optim.SGD(model.parameters(), lr=train_params.learning_rate)
 
 
-def train_epoch(model, split, optimizer, normalization, batch_size, generator, device, progress) -> tuple[float, float]:
+def train_epoch(model, split, optimizer, normalization, batch_size, generator, device, progress,
+                precision: str = "fp32") -> tuple[float, float]:
     """One pass over `split`; returns mean training loss and accuracy over the epoch."""
     model.train()
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
     loss_sum = torch.zeros((), device=device)
     correct = torch.zeros((), dtype=torch.int64, device=device)
     for images, labels in progress(batches(split, batch_size, generator)):
         images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
-        logits = model(normalization.apply(images))
-        loss = nn.functional.cross_entropy(logits, labels)
+        with autocast:
+            logits = model(normalization.apply(images))
+            loss = nn.functional.cross_entropy(logits, labels)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -75,16 +87,21 @@ def fit(
     device: torch.device,
     optimizer: torch.optim.Optimizer | None = None,
     on_epoch: Callable[[EpochStats, float], None] = lambda stats, samples_per_second: None,
+    history: Sequence[EpochStats] = (),
+    on_checkpoint: Callable[[list[EpochStats]], None] | None = None,
 ) -> list[EpochStats]:
+    """Train from epoch len(history) + 1 to train_params.epochs; `history` is what a resumed
+    run already did. `on_checkpoint` gets the history every `checkpoint_every` epochs."""
     optimizer = optimizer or make_optimizer(model, train_params)
     show_bar = sys.stderr.isatty()
-    history = []
-    for epoch in range(1, train_params.epochs + 1):
+    history = list(history)
+    for epoch in range(len(history) + 1, train_params.epochs + 1):
         generator = torch.Generator().manual_seed(seed + epoch)
         progress = lambda loader: tqdm(loader, desc=f"epoch {epoch}", leave=False, disable=not show_bar)  # noqa: E731
         started = time.perf_counter()
         train_loss, train_accuracy = train_epoch(
-            model, train_split, optimizer, normalization, train_params.batch_size, generator, device, progress
+            model, train_split, optimizer, normalization, train_params.batch_size, generator, device, progress,
+            train_params.precision,
         )
         samples_per_second = len(train_split) / (time.perf_counter() - started)
         val_loss, val_accuracy = loss_and_accuracy(
@@ -93,6 +110,8 @@ def fit(
         stats = EpochStats(epoch, train_loss, train_accuracy, val_loss, val_accuracy)
         history.append(stats)
         on_epoch(stats, samples_per_second)
+        if on_checkpoint and epoch % train_params.checkpoint_every == 0 and epoch < train_params.epochs:
+            on_checkpoint(history)
     return history
 
 
@@ -115,14 +134,56 @@ def log_epoch(total_epochs: int) -> Callable[[EpochStats, float], None]:
     return report
 
 
+def resume_key(params, prepared_dir: Path, device: torch.device) -> str:
+    """A hash of everything a training run's result depends on: a resume file is only ever
+    picked up by a run that would have produced exactly the same state."""
+    code = [Path(__file__).parent / name for name in ("train.py", "data.py", "model.py")]
+    inputs = {
+        "params": {"seed": params.seed, "model": params.model.model_dump(), "train": params.train.model_dump()},
+        "data": {path.name: file_digest(path) for path in sorted(prepared_dir.iterdir()) if path.is_file()},
+        "code": {path.name: file_digest(path) for path in code},
+        "device": device.type,
+        "torch": torch.__version__,
+    }
+    return hashlib.sha256(json.dumps(inputs, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def training_state(model, optimizer, history, architecture, data_meta, params, device) -> dict:
+    return {
+        "model": model.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "epoch": len(history),
+        "rng": {"torch": torch.get_rng_state(),
+                "cuda": torch.cuda.get_rng_state_all() if device.type == "cuda" else []},
+        "architecture": architecture,
+        "data": {key: data_meta[key] for key in ("dataset", "classes", "image_shape", "normalization")},
+        "params": {"seed": params.seed, "model": params.model.model_dump(), "train": params.train.model_dump()},
+        "history": [asdict(stats) for stats in history],
+        "device": device.type,
+    }
+
+
+def restore(state: dict, model: nn.Module, optimizer: torch.optim.Optimizer, device: torch.device) -> list[EpochStats]:
+    model.load_state_dict(state["model"])
+    optimizer.load_state_dict(state["optimizer"])
+    torch.set_rng_state(state["rng"]["torch"])
+    if device.type == "cuda" and state["rng"]["cuda"]:
+        torch.cuda.set_rng_state_all(state["rng"]["cuda"])
+    return [EpochStats(**row) for row in state["history"]]
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     parser = stage_parser("train", __doc__.splitlines()[0])
     parser.add_argument("prepared_dir", type=Path, help="folder written by the prepare stage")
     parser.add_argument("checkpoint_path", type=Path, help="checkpoint to write (model, optimizer, RNG states)")
     parser.add_argument("history_path", type=Path, help="per-epoch CSV for `dvc plots`")
+    parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda", "mps"),
+                        help="device class pinned by device.yaml; auto defers to train.device (default: %(default)s)")
+    parser.add_argument("--resume-dir", type=Path,
+                        help="folder for resume checkpoints, outside DVC's outputs (default: no resuming)")
     args = parser.parse_args(argv)
     params = load_params(args.params)
-    device = resolve_device(params.train.device)
+    device = resolve_device(params.train.device if args.device == "auto" else args.device)
 
     data = load_prepared(args.prepared_dir, ("train", "val"))
     train_split, val_split = (data.splits[name].to(device) for name in ("train", "val"))
@@ -136,23 +197,27 @@ def main(argv: Sequence[str] | None = None) -> None:
     optimizer = make_optimizer(model, params.train)
     log.info("%s: %d train / %d val images, %s", data.meta["dataset"], len(train_split), len(val_split), architecture)
 
-    history = fit(model, train_split, val_split, data.normalization, params.train, params.seed, device,
-                  optimizer, on_epoch=log_epoch(params.train.epochs))
+    def state(history: Sequence[EpochStats]) -> dict:
+        return training_state(model, optimizer, history, architecture, data.meta, params, device)
 
-    checkpoint = {
-        "model": model.state_dict(),
-        "optimizer": optimizer.state_dict(),
-        "epoch": params.train.epochs,
-        "rng": {"torch": torch.get_rng_state(),
-                "cuda": torch.cuda.get_rng_state_all() if device.type == "cuda" else []},
-        "architecture": architecture,
-        "data": {key: data.meta[key] for key in ("dataset", "classes", "image_shape", "normalization")},
-        "params": {"seed": params.seed, "model": params.model.model_dump(), "train": params.train.model_dump()},
-        "history": [asdict(stats) for stats in history],
-        "device": device.type,
-    }
-    save_atomically(checkpoint, args.checkpoint_path)
+    history: list[EpochStats] = []
+    resume_path = None
+    if args.resume_dir is not None:
+        resume_path = args.resume_dir / f"train-{resume_key(params, args.prepared_dir, device)}.pt"
+        if resume_path.exists():
+            history = restore(load_file(resume_path), model, optimizer, device)
+            log.info("resuming from epoch %d of %d (%s)", len(history), params.train.epochs, resume_path)
+
+    history = fit(model, train_split, val_split, data.normalization, params.train, params.seed, device,
+                  optimizer, on_epoch=log_epoch(params.train.epochs), history=history,
+                  on_checkpoint=(lambda done: save_atomically(state(done), resume_path)) if resume_path else None)
+
+    save_atomically(state(history), args.checkpoint_path)
     atomic_write_text(args.history_path, history_csv(history))
+    if args.resume_dir is not None:
+        # The finished checkpoint is DVC's now; resume files of this or older inputs are spent.
+        for spent in args.resume_dir.glob("train-*.pt"):
+            spent.unlink(missing_ok=True)
     log.info("wrote %s and %s", args.checkpoint_path, args.history_path)
 
 

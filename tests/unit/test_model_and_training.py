@@ -20,7 +20,8 @@ def tiny_split(count: int, seed: int = 0) -> InMemorySplit:
 
 
 def train_params(**overrides) -> TrainParams:
-    values = dict(epochs=2, batch_size=16, optimizer="adam", learning_rate=1e-3, device="cpu")
+    values = dict(epochs=2, batch_size=16, optimizer="adam", learning_rate=1e-3, device="cpu",
+                  precision="fp32", checkpoint_every=1)
     return TrainParams(**{**values, **overrides})
 
 
@@ -132,3 +133,58 @@ def test_cuda_without_a_gpu_is_an_error_not_a_fallback():
         resolve_device("cuda")
     assert resolve_device("cpu").type == "cpu"
     assert resolve_device("auto").type in {"cpu", "mps"}
+
+
+def test_bf16_autocast_trains_on_the_cpu():
+    torch.manual_seed(0)
+    model = NeuralNetwork(hidden_sizes=[32])
+    history = fit(model, tiny_split(100), tiny_split(20, 1), NORMALIZATION, train_params(precision="bf16"),
+                  seed=0, device=torch.device("cpu"))
+    assert history[-1].train_loss < history[0].train_loss
+    assert next(model.parameters()).dtype == torch.float32  # autocast leaves the weights in fp32
+
+
+def test_resuming_from_a_checkpoint_gives_the_same_bytes_as_an_uninterrupted_run(default_params):
+    from classifier.params import validate_params
+    from classifier.train import restore, training_state
+
+    default_params["model"]["hidden_sizes"] = [32]
+    default_params["train"].update(epochs=3, batch_size=16)
+    params = validate_params(default_params)
+    interrupted = params.train.model_copy(update={"epochs": 1})  # a run killed after epoch 1's checkpoint
+    meta = {"dataset": "t", "classes": list("0123456789"), "image_shape": [28, 28],
+            "normalization": {"mean": 0.2, "std": 0.3}}
+    cpu = torch.device("cpu")
+
+    def fresh():
+        torch.manual_seed(params.seed)
+        model = NeuralNetwork(hidden_sizes=[32])
+        return model, make_optimizer(model, params.train)
+
+    def train(model, optimizer, train_params, history=()):
+        return fit(model, tiny_split(100), tiny_split(20, 1), NORMALIZATION, train_params, params.seed, cpu,
+                   optimizer, history=history)
+
+    model, optimizer = fresh()
+    full = train(model, optimizer, params.train)
+    uninterrupted = to_bytes(training_state(model, optimizer, full, {}, meta, params, cpu))
+
+    model, optimizer = fresh()
+    history = train(model, optimizer, interrupted)
+    resume_file = to_bytes(training_state(model, optimizer, history, {}, meta, params, cpu))
+
+    model, optimizer = fresh()
+    history = restore(load_weights_only(resume_file, "resume"), model, optimizer, cpu)
+    assert len(history) == 1
+    resumed = train(model, optimizer, params.train, history)
+    assert [stats.epoch for stats in resumed] == [1, 2, 3]
+    assert to_bytes(training_state(model, optimizer, resumed, {}, meta, params, cpu)) == uninterrupted
+
+
+def test_checkpoints_are_offered_every_n_epochs_but_not_after_the_last():
+    offered = []
+    torch.manual_seed(0)
+    fit(NeuralNetwork(hidden_sizes=[8]), tiny_split(32), tiny_split(10, 1), NORMALIZATION,
+        train_params(epochs=5, checkpoint_every=2), 0, torch.device("cpu"),
+        on_checkpoint=lambda history: offered.append(len(history)))
+    assert offered == [2, 4]
