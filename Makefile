@@ -22,8 +22,15 @@ $(INSTALLED): pyproject.toml
 
 install: $(INSTALLED)  ## create .venv and install the project and its test tools
 
-run: $(INSTALLED)  ## run the pipeline (dvc repro): only what changed reruns
-	$(BIN)/dvc repro
+# Prefect: its database and settings live in the project's .prefect/ (ignored by git and DVC);
+# no telemetry, which only fails and slows the server down offline.
+export PREFECT_HOME ?= $(CURDIR)/.prefect
+export PREFECT_SERVER_ANALYTICS_ENABLED ?= false
+export DO_NOT_TRACK ?= 1
+DEVICE ?= auto
+
+run: $(INSTALLED)  ## run the pipeline as the Prefect flow (DEVICE=auto|cpu|cuda): only what changed reruns
+	$(BIN)/python -m pipeline run --device '$(DEVICE)'
 
 test: $(INSTALLED)  ## run the whole test suite, real dvc pipelines included
 	$(BIN)/python -m pytest
@@ -56,6 +63,41 @@ pr-report: $(INSTALLED)  ## pipeline (pull or repro) then report against BASE; f
 
 pr-comment: $(INSTALLED)  ## create or update the report comment on pull request PR (needs gh and GH_TOKEN)
 	$(BIN)/python -m pipeline.post_comment --pr '$(PR)' '$(OUT)/comment.md'
+
+# Scaling out (README, "Scaling out"): one server, a worker per machine and pool, deployments.
+PREFECT_HOST ?= 127.0.0.1
+PREFECT_PORT ?= 4200
+POOL ?= cpu
+
+.PHONY: server worker deploy retrain
+
+server: $(INSTALLED)  ## start a Prefect server on PREFECT_HOST:PREFECT_PORT (default 127.0.0.1:4200)
+	$(BIN)/prefect server start --host '$(PREFECT_HOST)' --port '$(PREFECT_PORT)'
+
+worker deploy: export PREFECT_API_URL ?= http://$(PREFECT_HOST):$(PREFECT_PORT)/api
+
+worker: $(INSTALLED)  ## start a worker on work pool POOL=cpu|gpu (created if missing)
+	$(BIN)/prefect work-pool inspect '$(POOL)' >/dev/null 2>&1 || $(BIN)/prefect work-pool create '$(POOL)' --type process
+	$(BIN)/prefect worker start --pool '$(POOL)'
+
+deploy: $(INSTALLED)  ## register prefect.yaml's deployments (retrain-cpu, retrain-gpu, train-cpu) with the server
+	for pool in cpu gpu; do $(BIN)/prefect work-pool inspect $$pool >/dev/null 2>&1 || $(BIN)/prefect work-pool create $$pool --type process; done
+	$(BIN)/prefect --no-prompt deploy --all
+
+retrain: $(INSTALLED)  ## retrain BASE (default main) now, in a workspace of its own; promotes only if as good
+	$(BIN)/python -m pipeline retrain --base '$(BASE)' --device '$(DEVICE)'
+
+# Benchmarks (README, "Performance"); not part of `make test`. BENCH_FLAGS=--quick for a smoke run.
+BENCH_FLAGS ?=
+
+.PHONY: bench bench-gpu
+
+bench: $(INSTALLED)  ## training throughput vs the seed's loop and the matmul bound, then pipeline overhead (~5 min)
+	$(BIN)/python benchmarks/train_throughput.py $(BENCH_FLAGS)
+	$(BIN)/python benchmarks/pipeline_overhead.py $(BENCH_FLAGS)
+
+bench-gpu: $(INSTALLED)  ## training throughput on a CUDA GPU against its torch.mm peak (under 3 min; needs CUDA)
+	$(BIN)/python benchmarks/gpu_check.py $(BENCH_FLAGS)
 
 clean:  ## remove the virtual environment and caches (not data or models)
 	rm -rf $(VENV) .pytest_cache .hypothesis src/*.egg-info

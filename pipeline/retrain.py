@@ -1,0 +1,188 @@
+"""`retrain`: run the pipeline on a branch in a workspace of its own, and promote the result
+only if it is at least as good as the champion committed at that branch.
+
+The workspace is a fresh `git worktree` (a clone, when `repo` is a URL) in a unique folder, so
+the user's checkout is never touched and two retrains never share a DVC workspace. Cached
+outputs come from the DVC remote when one is configured (`dvc pull`), and otherwise from the
+repo's own DVC cache, shared through the worktree's `.dvc/config.local`: with either, an
+unchanged pipeline is restored by `dvc checkout` and nothing trains.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+import tempfile
+import uuid
+from datetime import datetime, timezone
+from pathlib import Path
+
+import yaml
+from prefect import flow, get_run_logger
+from prefect.artifacts import create_markdown_artifact
+
+from classifier.compare import REGRESSED, at_least_as_good, compare_metrics
+from classifier.params import CompareParams
+from pipeline.device import DEVICE_FILE, check_device
+from pipeline.flows import train_pipeline
+from pipeline.stages import RAN, metrics_paths, stage_env
+
+NO_CHANGE = "no change, champion kept"
+
+
+class RetrainError(Exception):
+    """The retrain could not run (no git repo, unknown ref) or its model lost to the champion."""
+
+
+def command(args: list[str], cwd: Path, what: str) -> str:
+    result = subprocess.run(args, cwd=cwd, env=stage_env(), capture_output=True, text=True)
+    if result.returncode != 0:
+        raise RetrainError(f"{what} failed (exit {result.returncode}): {' '.join(args)}\n{result.stderr.strip()}")
+    return result.stdout
+
+
+def git(cwd: Path, *args: str, what: str = "git") -> str:
+    return command(["git", *args], cwd, what)
+
+
+def dvc(cwd: Path, *args: str, what: str = "dvc") -> str:
+    return command([sys.executable, "-m", "dvc", *args], cwd, what)
+
+
+def is_url(repo: str) -> bool:
+    return "://" in repo or repo.startswith("git@")
+
+
+def open_workspace(repo: str, base: str, root: Path) -> tuple[Path, Path | None]:
+    """A unique checkout of `base`: a detached worktree of a local repo, or a clone of a URL.
+
+    Returns the workspace and, for a worktree, the repo it belongs to (to share its DVC cache).
+    """
+    workspace = root / f"retrain-{datetime.now(timezone.utc):%Y%m%dT%H%M%SZ}-{uuid.uuid4().hex[:8]}"
+    if is_url(repo):
+        git(root, "clone", "--quiet", "--branch", base, repo, str(workspace), what=f"cloning {repo}")
+        return workspace, None
+    local = Path(repo).resolve()
+    if not local.is_dir():
+        raise RetrainError(f"repo {repo!r} is not a folder or a git URL")
+    probe = subprocess.run(["git", "rev-parse", "--show-toplevel"], cwd=local, capture_output=True, text=True)
+    if probe.returncode != 0:
+        raise RetrainError(f"{local} is not a git repository (retrain needs one to branch from)")
+    top = Path(probe.stdout.strip())
+    if subprocess.run(["git", "rev-parse", "--verify", "--quiet", f"{base}^{{commit}}"], cwd=top,
+                      capture_output=True).returncode != 0:
+        raise RetrainError(f"base ref {base!r} does not exist in {top}")
+    git(top, "worktree", "add", "--quiet", "--detach", str(workspace), base, what="creating the retrain worktree")
+    return workspace, top
+
+
+def close_workspace(workspace: Path, repo: Path | None) -> None:
+    if repo is not None:
+        subprocess.run(["git", "worktree", "remove", "--force", str(workspace)], cwd=repo, capture_output=True)
+    shutil.rmtree(workspace, ignore_errors=True)
+
+
+def has_dvc_remote(workspace: Path) -> bool:
+    return bool(dvc(workspace, "remote", "list", what="listing DVC remotes").strip())
+
+
+def restore_outputs(workspace: Path, repo: Path | None, logger) -> None:
+    """Bring the base's outputs into the workspace so that unchanged stages are not rerun."""
+    if repo is not None:
+        cache = dvc(repo, "cache", "dir", what="finding the repo's DVC cache").strip()
+        dvc(workspace, "config", "--local", "cache.dir", cache, what="sharing the DVC cache")
+        logger.info("sharing the DVC cache at %s", cache)
+    if has_dvc_remote(workspace):
+        # A partial pull is fine: whatever is missing is recomputed by the pipeline.
+        result = subprocess.run([sys.executable, "-m", "dvc", "pull", "--allow-missing"], cwd=workspace,
+                                env=stage_env(), capture_output=True, text=True)
+        logger.info("dvc pull: exit %d %s", result.returncode, result.stderr.strip()[-500:])
+    result = subprocess.run([sys.executable, "-m", "dvc", "checkout"], cwd=workspace, env=stage_env(),
+                            capture_output=True, text=True)
+    if result.returncode != 0:
+        logger.info("dvc checkout restored what the cache had; the rest will be computed:\n%s",
+                    result.stderr.strip()[-1000:])
+
+
+def champion_metrics(workspace: Path, base: str, metrics_file: str) -> dict | None:
+    shown = subprocess.run(["git", "show", f"{base}:{metrics_file}"], cwd=workspace, capture_output=True, text=True)
+    return json.loads(shown.stdout) if shown.returncode == 0 else None
+
+
+def compare_params(path: Path) -> CompareParams:
+    """Only the `compare` section: the pipeline's own stages validated the rest of the file."""
+    section = (yaml.safe_load(path.read_text(encoding="utf-8")) or {}).get("compare")
+    if section is None:
+        raise RetrainError(f"{path}: no `compare` section, so there are no tolerances to judge the new model by")
+    try:
+        return CompareParams.model_validate(section)
+    except ValueError as error:
+        raise RetrainError(f"{path}: invalid `compare` section: {error}") from None
+
+
+def comparison_report(changes, base: str, branch: str | None) -> str:
+    lines = [f"# Retrain against the champion at `{base}`", "",
+             "| metric | champion | new | change | tolerance | verdict |", "|---|---|---|---|---|---|"]
+    for change in changes:
+        champion = "—" if change.base is None else f"{change.base:.4f}"
+        delta = "—" if change.delta is None else f"{change.delta:+.4f}"
+        lines.append(f"| {change.name} | {champion} | {change.head:.4f} | {delta} | "
+                     f"±{change.tolerance:g} | {change.verdict} |")
+    lines += ["", f"Promoted on branch `{branch}`." if branch else "Not promoted: the champion stays."]
+    return "\n".join(lines) + "\n"
+
+
+def promote(workspace: Path, repo_is_url: bool, metrics_dir: str, pushed_to_remote: bool) -> str:
+    """Commit the new lock and metrics on retrain/<UTC timestamp>; returns the branch name."""
+    branch = f"retrain/{datetime.now(timezone.utc):%Y%m%dT%H%M%SZ}"
+    existing = git(workspace, "branch", "--list", f"{branch}*").split()
+    if branch in existing:
+        branch = f"{branch}-{uuid.uuid4().hex[:6]}"
+    git(workspace, "switch", "--quiet", "-c", branch)
+    paths = ["dvc.lock", metrics_dir] + ([DEVICE_FILE] if (workspace / DEVICE_FILE).exists() else [])
+    git(workspace, "add", "--", *paths)
+    git(workspace, "-c", "user.name=classifier retrain", "-c", "user.email=retrain@localhost",
+        "commit", "--quiet", "--allow-empty", "-m", f"Retrain: new model at least as good as the champion ({branch})")
+    if pushed_to_remote:
+        dvc(workspace, "push", what="pushing the new outputs to the DVC remote")
+    if repo_is_url:
+        git(workspace, "push", "--quiet", "origin", branch, what="pushing the retrain branch")
+    return branch
+
+
+@flow(name="retrain")
+def retrain(repo: str = ".", base: str = "main", device: str = "auto", workspace_root: str | None = None,
+            stage_timeout_s: float = 3600.0) -> dict:
+    """Retrain `base` in a workspace of its own; promote only a model at least as good as the champion."""
+    logger = get_run_logger()
+    check_device(device)
+    root = Path(workspace_root) if workspace_root else Path(tempfile.gettempdir())
+    root.mkdir(parents=True, exist_ok=True)
+    workspace, local_repo = open_workspace(repo, base, root)
+    logger.info("workspace %s at %s", workspace, base)
+    try:
+        restore_outputs(workspace, local_repo, logger)
+        run = train_pipeline(project_dir=str(workspace), device=device, stage_timeout_s=stage_timeout_s)
+        if not any(outcome == RAN for outcome in run["stages"].values()):
+            logger.info(NO_CHANGE)
+            return {"result": NO_CHANGE, "branch": None, "stages": run["stages"]}
+
+        metrics_file = metrics_paths(workspace)[0]
+        changes = compare_metrics(champion_metrics(workspace, base, metrics_file), run["metrics"],
+                                  compare_params(workspace / "params.yaml"))
+        if not at_least_as_good(changes):
+            create_markdown_artifact(key="retrain-comparison", markdown=comparison_report(changes, base, None),
+                                     description="retrained model against the champion: rejected")
+            worse = "; ".join(f"{c.name} {c.base:.4f} (champion) -> {c.head:.4f} (new), tolerance {c.tolerance:g}"
+                              for c in changes if c.verdict == REGRESSED)
+            raise RetrainError(f"the retrained model is worse than the champion at {base}: {worse}")
+
+        branch = promote(workspace, is_url(repo), str(Path(metrics_file).parent), has_dvc_remote(workspace))
+        create_markdown_artifact(key="retrain-comparison", markdown=comparison_report(changes, base, branch),
+                                 description=f"retrained model against the champion: promoted on {branch}")
+        logger.info("promoted on %s", branch)
+        return {"result": "promoted", "branch": branch, "stages": run["stages"]}
+    finally:
+        close_workspace(workspace, local_repo)

@@ -1,0 +1,70 @@
+"""The retrain gate on real git repos: better -> branch, worse -> failed, unchanged -> nothing trained."""
+
+from __future__ import annotations
+
+import pytest
+
+from classifier.files import file_digest
+from pipeline.retrain import NO_CHANGE, RetrainError, retrain
+from pipeline.stages import RAN
+from tests.conftest import commit_all, dvc, git, write_params
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture
+def champion(project):
+    """The one-epoch project trained and committed on main: the champion to beat."""
+    dvc(project, "repro", "-q")
+    commit_all(project, "champion")
+    return project
+
+
+def retrain_branches(project) -> list[str]:
+    return git(project, "branch", "--list", "retrain/*", "--format=%(refname:short)").split()
+
+
+def test_nothing_changed_keeps_the_champion_and_trains_nothing(champion, tmp_path, prefect_harness):
+    result = retrain(repo=str(champion), base="main", workspace_root=str(tmp_path / "ws"))
+    assert result["result"] == NO_CHANGE and result["branch"] is None
+    assert RAN not in result["stages"].values()
+    assert retrain_branches(champion) == []
+    assert list((tmp_path / "ws").iterdir()) == []  # the workspace is gone again
+
+
+def test_a_better_model_is_committed_on_a_retrain_branch(champion, tmp_path, prefect_harness):
+    write_params(champion, **{"train.epochs": 3})
+    commit_all(champion, "train longer")  # the champion's metrics at main are still the 1-epoch ones
+    main_before = git(champion, "rev-parse", "main")
+    status_before = git(champion, "status", "--porcelain")
+
+    result = retrain(repo=str(champion), base="main", workspace_root=str(tmp_path / "ws"))
+
+    branch = result["branch"]
+    assert result["result"] == "promoted" and retrain_branches(champion) == [branch]
+    assert branch.startswith("retrain/")
+    new_lock = git(champion, "show", f"{branch}:dvc.lock")
+    assert new_lock != git(champion, "show", "main:dvc.lock") and "epochs: 3" in new_lock
+    assert git(champion, "show", f"{branch}:metrics/metrics.json") != git(champion, "show", "main:metrics/metrics.json")
+    assert git(champion, "rev-parse", "main") == main_before
+    assert git(champion, "status", "--porcelain") == status_before  # the user's checkout untouched
+
+
+def test_a_worse_model_fails_the_run_and_leaves_the_base_alone(champion, tmp_path, prefect_harness):
+    champion_model = file_digest(champion / "models/model.pth")
+    write_params(champion, **{"train.learning_rate": 1e-6, "save.min_accuracy": 0.0})
+    commit_all(champion, "a learning rate too small to learn anything in one epoch")
+    main_before = git(champion, "rev-parse", "main")
+
+    with pytest.raises(RetrainError, match=r"worse than the champion at main: accuracy 0\.\d+ \(champion\) -> 0\.\d+ \(new\)"):
+        retrain(repo=str(champion), base="main", workspace_root=str(tmp_path / "ws"))
+
+    assert retrain_branches(champion) == []
+    assert git(champion, "rev-parse", "main") == main_before
+    assert file_digest(champion / "models/model.pth") == champion_model
+
+
+def test_not_a_git_repo_is_a_clear_error(tmp_path, prefect_harness):
+    (tmp_path / "plain").mkdir()
+    with pytest.raises(RetrainError, match="not a git repository"):
+        retrain(repo=str(tmp_path / "plain"), workspace_root=str(tmp_path / "ws"))
