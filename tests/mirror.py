@@ -13,6 +13,7 @@ class MirrorScript:
     files: dict[str, bytes] = field(default_factory=dict)
     failures_before_success: dict[str, int] = field(default_factory=dict)  # name -> 503s to send first
     truncate_to: dict[str, int] = field(default_factory=dict)  # name -> bytes actually sent
+    stall_seconds: float = 0  # after a truncated body, hold the connection open this long
     requests: dict[str, int] = field(default_factory=lambda: defaultdict(int))
 
 
@@ -21,6 +22,8 @@ class Mirror:
         self.script = script
         handler = type("Handler", (_Handler,), {"script": script})
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        self.server.stalled = threading.Event()  # set on exit, so stalled handlers end with the server
+        self.server.daemon_threads = True
         self.url = f"http://127.0.0.1:{self.server.server_port}/"
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
 
@@ -29,6 +32,7 @@ class Mirror:
         return self
 
     def __exit__(self, *exc) -> None:
+        self.server.stalled.set()
         self.server.shutdown()
         self.server.server_close()
 
@@ -49,8 +53,11 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_response(200)
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()
-        self.wfile.write(body[: self.script.truncate_to.get(name, len(body))])
+        sent = self.script.truncate_to.get(name, len(body))
+        self.wfile.write(body[:sent])
         self.wfile.flush()
+        if sent < len(body) and self.script.stall_seconds:
+            self.server.stalled.wait(self.script.stall_seconds)
         self.close_connection = True
 
     def log_message(self, *args) -> None:

@@ -128,6 +128,8 @@ def _reason(error: Exception) -> str:
 
 def download(data_params: DataParams, out_dir: Path, backoff_seconds: float = 1.0) -> list[Path]:
     out_dir.mkdir(parents=True, exist_ok=True)
+    for partial in out_dir.glob(".*.part"):  # left by a download that was killed mid-file
+        partial.unlink()
     spec = DATASETS[data_params.dataset]
     if spec.remote_files is None:
         return [copy_bundled(out_dir)]
