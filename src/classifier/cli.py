@@ -26,6 +26,9 @@ def run(main: Callable[[Sequence[str] | None], None], argv: Sequence[str] | None
     except UserError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
+    except OSError as error:  # a missing or unreadable input: the message names the file
+        print(f"error: {error.filename or ''}: {error.strerror or error}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130

@@ -1,6 +1,6 @@
 """Stage `evaluate`: score the trained model on the test split.
 
-    python -m classifier.evaluate data/prepared models/checkpoint.pt \
+    python -m classifier.evaluate data/prepared models/candidate.pth models/candidate.json \
         metrics/metrics.json metrics/confusion.csv metrics/per_class.csv
 
 metrics.json (git-tracked) holds the dataset, sample counts and the test loss, accuracy and
@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 import logging
 import sys
 from collections.abc import Sequence
@@ -79,7 +80,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser = stage_parser("evaluate", __doc__.splitlines()[0])
     for name, help_text in [
         ("prepared_dir", "folder written by the prepare stage"),
-        ("checkpoint_path", "checkpoint written by the train stage"),
+        ("candidate_path", "state_dict written by the train stage"),
+        ("candidate_info_path", "its architecture, as JSON, written by the train stage"),
         ("metrics_path", "metrics JSON to write"),
         ("confusion_path", "per-image (actual, predicted) CSV to write"),
         ("per_class_path", "per-class precision/recall/F1 CSV to write"),
@@ -87,10 +89,10 @@ def main(argv: Sequence[str] | None = None) -> None:
         parser.add_argument(name, type=Path, help=help_text)
     args = parser.parse_args(argv)
 
-    checkpoint = load_file(args.checkpoint_path)
+    info = json.loads(args.candidate_info_path.read_text())
+    model = NeuralNetwork(**info["architecture"])
+    model.load_state_dict(load_file(args.candidate_path))
     data = load_prepared(args.prepared_dir, ("test",))
-    model = NeuralNetwork(**checkpoint["architecture"])
-    model.load_state_dict(checkpoint["model"])
     test = data.splits["test"]
     logits = logits_for(model, test.images, data.normalization, torch.device("cpu"))
     summary, per_class, predictions = score(logits, test.labels, data.num_classes)

@@ -1,10 +1,12 @@
-"""Stage `save`: publish the model as a plain state_dict and its model card, if it is good enough.
+"""Stage `save`: publish the candidate model and its model card, if it is good enough.
 
-    python -m classifier.save models/checkpoint.pt metrics/metrics.json models/model.pth models/model.json
+    python -m classifier.save models/candidate.pth models/candidate.json metrics/metrics.json \
+        models/model.pth models/model.json
 
 Below `save.min_accuracy` the stage fails and leaves the published model as it was (its
-outs are `persist: true`, so DVC does not delete them first). model.pth is serialised in
-memory and written atomically, so identical weights give identical bytes.
+outs are `persist: true`, so DVC does not delete them first). Otherwise the candidate's
+bytes — a plain state_dict, serialised in memory by train — are written atomically to
+model.pth, so identical weights give identical bytes. No torch here: publishing is a copy.
 """
 
 from __future__ import annotations
@@ -15,12 +17,9 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-import torch
-
 from classifier.cli import UserError, run, stage_parser
 from classifier.files import atomic_write_bytes, atomic_write_json, sha256_bytes
 from classifier.params import SaveParams, load_params
-from classifier.serialization import load_file, to_bytes
 
 log = logging.getLogger("save")
 
@@ -34,28 +33,22 @@ def check_quality(metrics: dict, save_params: SaveParams) -> None:
         )
 
 
-def model_card(checkpoint: dict, metrics: dict, model_sha256: str, model_file: str) -> dict:
-    data = checkpoint["data"]
+def model_card(candidate_info: dict, metrics: dict, model_sha256: str, model_file: str) -> dict:
     return {
+        **candidate_info,
         "file": model_file,
         "format": "state_dict (load with torch.load(..., weights_only=True))",
         "sha256": model_sha256,
-        "dataset": data["dataset"],
-        "classes": data["classes"],
-        "input_shape": data["image_shape"],
-        "normalization": {**data["normalization"], "formula": "(pixel / 255 - mean) / std"},
-        "architecture": checkpoint["architecture"],
-        "params": checkpoint["params"],
+        "normalization": {**candidate_info["normalization"], "formula": "(pixel / 255 - mean) / std"},
         "metrics": metrics["test"],
         "samples": metrics["samples"],
-        "trained_on": checkpoint["device"],
-        "torch_version": torch.__version__,
     }
 
 
 def main(argv: Sequence[str] | None = None) -> None:
     parser = stage_parser("save", __doc__.splitlines()[0])
-    parser.add_argument("checkpoint_path", type=Path, help="checkpoint written by the train stage")
+    parser.add_argument("candidate_path", type=Path, help="state_dict written by the train stage")
+    parser.add_argument("candidate_info_path", type=Path, help="its facts (JSON), written by the train stage")
     parser.add_argument("metrics_path", type=Path, help="metrics written by the evaluate stage")
     parser.add_argument("model_path", type=Path, help="state_dict to publish")
     parser.add_argument("card_path", type=Path, help="model card (JSON) to publish beside it")
@@ -64,13 +57,13 @@ def main(argv: Sequence[str] | None = None) -> None:
 
     metrics = json.loads(args.metrics_path.read_text())
     check_quality(metrics, save_params)
-    checkpoint = load_file(args.checkpoint_path)
-    model_bytes = to_bytes(checkpoint["model"])
+    model_bytes = args.candidate_path.read_bytes()
     digest = sha256_bytes(model_bytes)
+    card = model_card(json.loads(args.candidate_info_path.read_text()), metrics, digest, args.model_path.name)
     # Model first, card second: a crash in between leaves a card whose hash does not match,
     # which predict refuses loudly, rather than a card describing a model that is not there.
     atomic_write_bytes(args.model_path, model_bytes)
-    atomic_write_json(args.card_path, model_card(checkpoint, metrics, digest, args.model_path.name))
+    atomic_write_json(args.card_path, card)
     log.info("wrote %s (sha256 %s) and %s", args.model_path, digest, args.card_path)
 
 

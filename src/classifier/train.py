@@ -1,11 +1,13 @@
 """Stage `train`: fit the MLP on the prepared train split, validating after every epoch.
 
-    python -m classifier.train data/prepared models/checkpoint.pt metrics/history.csv \
-        --resume-dir .cache/train-resume
+    python -m classifier.train data/prepared models/checkpoint.pt models/candidate.pth \
+        models/candidate.json metrics/history.csv --resume-dir .cache/train-resume
 
 Deterministic on a given machine: weights from `seed`, shuffle order from a generator
 seeded with `seed + epoch`. Writes a full checkpoint (model, optimizer, epoch, RNG states,
-history) and the per-epoch history that `dvc plots` draws.
+history), the per-epoch history that `dvc plots` draws, and the candidate model: its
+state_dict serialised exactly as save will publish it, and a JSON of the facts its model
+card needs, so that evaluate and save read small files and save never imports torch.
 
 Every `train.checkpoint_every` epochs the same state goes to a resume file in the resume
 folder, named by a hash of everything the result depends on (params, prepared data,
@@ -24,6 +26,7 @@ import logging
 import sys
 import time
 from collections.abc import Callable, Sequence
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -33,7 +36,7 @@ from tqdm import tqdm
 
 from classifier.cli import run, stage_parser
 from classifier.data import InMemorySplit, Normalization, batches, load_prepared
-from classifier.files import atomic_write_text, file_digest
+from classifier.files import atomic_write_json, atomic_write_text, file_digest
 from classifier.model import NeuralNetwork, logits_for, loss_and_accuracy, resolve_device
 from classifier.params import TrainParams, load_params
 from classifier.serialization import load_file, save_atomically
@@ -52,7 +55,9 @@ class EpochStats:
 
 def make_optimizer(model: nn.Module, train_params: TrainParams) -> torch.optim.Optimizer:
     if train_params.optimizer == "adam":
-        return torch.optim.Adam(model.parameters(), lr=train_params.learning_rate)
+        # fused: one kernel per step instead of a dozen ops that each allocate a temporary the
+        # size of the model; on the CPU the unfused update costs more than the matrix multiplies.
+        return torch.optim.Adam(model.parameters(), lr=train_params.learning_rate, fused=True)
     return torch.optim.SGD(model.parameters(), lr=train_params.learning_rate)
 
 
@@ -77,6 +82,18 @@ def train_epoch(model, split, optimizer, normalization, batch_size, generator, d
     return loss_sum.item() / len(split), correct.item() / len(split)
 
 
+@contextmanager
+def flushed_denormals():
+    """Adam's running averages of units that never get a gradient decay into subnormal floats,
+    which the CPU handles several times slower; treat them as zero while training, then put the
+    processor's (process-wide) default back."""
+    torch.set_flush_denormal(True)
+    try:
+        yield
+    finally:
+        torch.set_flush_denormal(False)
+
+
 def fit(
     model: nn.Module,
     train_split: InMemorySplit,
@@ -95,23 +112,24 @@ def fit(
     optimizer = optimizer or make_optimizer(model, train_params)
     show_bar = sys.stderr.isatty()
     history = list(history)
-    for epoch in range(len(history) + 1, train_params.epochs + 1):
-        generator = torch.Generator().manual_seed(seed + epoch)
-        progress = lambda loader: tqdm(loader, desc=f"epoch {epoch}", leave=False, disable=not show_bar)  # noqa: E731
-        started = time.perf_counter()
-        train_loss, train_accuracy = train_epoch(
-            model, train_split, optimizer, normalization, train_params.batch_size, generator, device, progress,
-            train_params.precision,
-        )
-        samples_per_second = len(train_split) / (time.perf_counter() - started)
-        val_loss, val_accuracy = loss_and_accuracy(
-            logits_for(model, val_split.images, normalization, device), val_split.labels
-        )
-        stats = EpochStats(epoch, train_loss, train_accuracy, val_loss, val_accuracy)
-        history.append(stats)
-        on_epoch(stats, samples_per_second)
-        if on_checkpoint and epoch % train_params.checkpoint_every == 0 and epoch < train_params.epochs:
-            on_checkpoint(history)
+    with flushed_denormals():
+        for epoch in range(len(history) + 1, train_params.epochs + 1):
+            generator = torch.Generator().manual_seed(seed + epoch)
+            progress = lambda loader: tqdm(loader, desc=f"epoch {epoch}", leave=False, disable=not show_bar)  # noqa: E731
+            started = time.perf_counter()
+            train_loss, train_accuracy = train_epoch(
+                model, train_split, optimizer, normalization, train_params.batch_size, generator, device, progress,
+                train_params.precision,
+            )
+            samples_per_second = len(train_split) / (time.perf_counter() - started)
+            val_loss, val_accuracy = loss_and_accuracy(
+                logits_for(model, val_split.images, normalization, device), val_split.labels
+            )
+            stats = EpochStats(epoch, train_loss, train_accuracy, val_loss, val_accuracy)
+            history.append(stats)
+            on_epoch(stats, samples_per_second)
+            if on_checkpoint and epoch % train_params.checkpoint_every == 0 and epoch < train_params.epochs:
+                on_checkpoint(history)
     return history
 
 
@@ -163,6 +181,19 @@ def training_state(model, optimizer, history, architecture, data_meta, params, d
     }
 
 
+def candidate_info(architecture: dict, data_meta: dict, params, device: torch.device) -> dict:
+    return {
+        "architecture": architecture,
+        "dataset": data_meta["dataset"],
+        "classes": data_meta["classes"],
+        "input_shape": data_meta["image_shape"],
+        "normalization": data_meta["normalization"],
+        "params": {"seed": params.seed, "model": params.model.model_dump(), "train": params.train.model_dump()},
+        "trained_on": device.type,
+        "torch_version": torch.__version__,
+    }
+
+
 def restore(state: dict, model: nn.Module, optimizer: torch.optim.Optimizer, device: torch.device) -> list[EpochStats]:
     model.load_state_dict(state["model"])
     optimizer.load_state_dict(state["optimizer"])
@@ -176,6 +207,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser = stage_parser("train", __doc__.splitlines()[0])
     parser.add_argument("prepared_dir", type=Path, help="folder written by the prepare stage")
     parser.add_argument("checkpoint_path", type=Path, help="checkpoint to write (model, optimizer, RNG states)")
+    parser.add_argument("candidate_path", type=Path, help="the trained state_dict, as save would publish it")
+    parser.add_argument("candidate_info_path", type=Path, help="JSON facts about it for the model card")
     parser.add_argument("history_path", type=Path, help="per-epoch CSV for `dvc plots`")
     parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda", "mps"),
                         help="device class pinned by device.yaml; auto defers to train.device (default: %(default)s)")
@@ -213,12 +246,14 @@ def main(argv: Sequence[str] | None = None) -> None:
                   on_checkpoint=(lambda done: save_atomically(state(done), resume_path)) if resume_path else None)
 
     save_atomically(state(history), args.checkpoint_path)
+    save_atomically({name: tensor.cpu() for name, tensor in model.state_dict().items()}, args.candidate_path)
+    atomic_write_json(args.candidate_info_path, candidate_info(architecture, data.meta, params, device))
     atomic_write_text(args.history_path, history_csv(history))
     if args.resume_dir is not None:
         # The finished checkpoint is DVC's now; resume files of this or older inputs are spent.
         for spent in args.resume_dir.glob("train-*.pt"):
             spent.unlink(missing_ok=True)
-    log.info("wrote %s and %s", args.checkpoint_path, args.history_path)
+    log.info("wrote %s, %s and %s", args.checkpoint_path, args.candidate_path, args.history_path)
 
 
 if __name__ == "__main__":

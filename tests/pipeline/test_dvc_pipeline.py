@@ -16,6 +16,8 @@ OUTPUTS = [
     "data/prepared/train_images.npy",
     "data/prepared/meta.json",
     "models/checkpoint.pt",
+    "models/candidate.pth",
+    "models/candidate.json",
     "models/model.pth",
     "models/model.json",
     "metrics/metrics.json",

@@ -23,7 +23,7 @@ from classifier.files import file_digest
 from classifier.params import validate_params
 from tests.conftest import PROJECT_ROOT, idx_bytes, subprocess_env, tiny_images
 from tests.mirror import Mirror, MirrorScript
-from tests.unit.test_save_and_predict import digit_png, run_save, stage_files, write_checkpoint  # noqa: F401
+from tests.unit.test_save_and_predict import digit_png, run_save, stage_files, write_candidate  # noqa: F401
 
 SOURCE = PROJECT_ROOT / "src" / "classifier"
 
@@ -69,12 +69,12 @@ def test_every_loader_goes_through_one_weights_only_call():
         assert isinstance(keywords.get("weights_only"), ast.Constant) and keywords["weights_only"].value is True
 
 
-def test_evaluate_refuses_a_malicious_checkpoint(tmp_path):
+def test_evaluate_refuses_a_malicious_candidate(stage_files, tmp_path):
     marker = tmp_path / "pwned"
-    torch.save({"model": CreatesAFile(marker)}, tmp_path / "checkpoint.pt")
+    torch.save({"linear_relu_stack.0.weight": CreatesAFile(marker)}, stage_files / "candidate.pth")
     result = subprocess.run(
-        [sys.executable, "-m", "classifier.evaluate", str(tmp_path), str(tmp_path / "checkpoint.pt"),
-         *(str(tmp_path / name) for name in ("m.json", "c.csv", "p.csv"))],
+        [sys.executable, "-m", "classifier.evaluate", str(stage_files), str(stage_files / "candidate.pth"),
+         str(stage_files / "candidate.json"), *(str(tmp_path / name) for name in ("m.json", "c.csv", "p.csv"))],
         env=subprocess_env(), capture_output=True, text=True)
     assert result.returncode == 2 and "refused to load" in result.stderr
     assert not marker.exists()
@@ -83,14 +83,14 @@ def test_evaluate_refuses_a_malicious_checkpoint(tmp_path):
 def run_save_in_child(folder: Path, preexec=None) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, "-m", "classifier.save", "--params", str(folder / "params.yaml"),
-         str(folder / "checkpoint.pt"), str(folder / "metrics.json"), str(folder / "out/model.pth"),
+         str(folder / "candidate.pth"), str(folder / "candidate.json"), str(folder / "metrics.json"), str(folder / "out/model.pth"),
          str(folder / "out/model.json")],
         env=subprocess_env(), capture_output=True, text=True, preexec_fn=preexec)
 
 
 def publish_then_change_weights(folder: Path) -> tuple[bytes, str]:
     assert run_save_in_child(folder).returncode == 0
-    write_checkpoint(folder / "checkpoint.pt", accuracy_seed=7)  # the next model differs
+    write_candidate(folder, weights_seed=7)  # the next model differs
     return (folder / "out/model.pth").read_bytes(), (folder / "out/model.json").read_text()
 
 

@@ -14,19 +14,14 @@ from classifier.serialization import save_atomically
 ARCHITECTURE = {"input_size": 784, "hidden_sizes": [32], "num_classes": 10}
 
 
-def write_checkpoint(path, accuracy_seed: int = 0) -> dict:
-    torch.manual_seed(accuracy_seed)
-    model = NeuralNetwork(**ARCHITECTURE)
-    checkpoint = {
-        "model": model.state_dict(),
-        "architecture": ARCHITECTURE,
-        "data": {"dataset": "mnist-5k", "classes": [str(d) for d in range(10)], "image_shape": [28, 28],
-                 "normalization": {"mean": 0.13, "std": 0.31}},
-        "params": {"seed": 0},
-        "device": "cpu",
-    }
-    save_atomically(checkpoint, path)
-    return checkpoint
+def write_candidate(folder, weights_seed: int = 0) -> None:
+    """The two files the train stage hands to evaluate and save."""
+    torch.manual_seed(weights_seed)
+    save_atomically(NeuralNetwork(**ARCHITECTURE).state_dict(), folder / "candidate.pth")
+    info = {"architecture": ARCHITECTURE, "dataset": "mnist-5k", "classes": [str(d) for d in range(10)],
+            "input_shape": [28, 28], "normalization": {"mean": 0.13, "std": 0.31}, "params": {"seed": 0},
+            "trained_on": "cpu", "torch_version": torch.__version__}
+    (folder / "candidate.json").write_text(json.dumps(info))
 
 
 @pytest.fixture
@@ -34,7 +29,7 @@ def stage_files(tmp_path, default_params):
     import yaml
 
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(default_params))
-    write_checkpoint(tmp_path / "checkpoint.pt")
+    write_candidate(tmp_path)
     metrics = {"dataset": "mnist-5k", "samples": {"train": 1, "val": 1, "test": 1},
                "test": {"accuracy": 0.95, "loss": 0.2, "macro_f1": 0.95}}
     (tmp_path / "metrics.json").write_text(json.dumps(metrics))
@@ -42,12 +37,13 @@ def stage_files(tmp_path, default_params):
 
 
 def run_save(folder, *extra):
-    save.main(["--params", str(folder / "params.yaml"), str(folder / "checkpoint.pt"), str(folder / "metrics.json"),
-               str(folder / "model.pth"), str(folder / "model.json"), *extra])
+    save.main(["--params", str(folder / "params.yaml"), str(folder / "candidate.pth"), str(folder / "candidate.json"),
+               str(folder / "metrics.json"), str(folder / "model.pth"), str(folder / "model.json"), *extra])
 
 
-def test_save_writes_a_plain_state_dict_and_a_card_with_its_hash(stage_files):
+def test_save_publishes_the_candidate_bytes_and_a_card_with_their_hash(stage_files):
     run_save(stage_files)
+    assert (stage_files / "model.pth").read_bytes() == (stage_files / "candidate.pth").read_bytes()
     card = json.loads((stage_files / "model.json").read_text())
     assert card["sha256"] == file_digest(stage_files / "model.pth")
     assert card["classes"][3] == "3" and card["input_shape"] == [28, 28]
@@ -69,7 +65,7 @@ def test_a_model_below_the_bar_is_not_published_and_the_old_one_stays(stage_file
     run_save(stage_files)
     published = (stage_files / "model.pth").read_bytes()
     card = (stage_files / "model.json").read_text()
-    write_checkpoint(stage_files / "checkpoint.pt", accuracy_seed=1)  # different weights
+    write_candidate(stage_files, weights_seed=1)  # different weights
     metrics = json.loads((stage_files / "metrics.json").read_text())
     metrics["test"]["accuracy"] = 0.42
     (stage_files / "metrics.json").write_text(json.dumps(metrics))
