@@ -74,7 +74,12 @@ def server(tmp_path):
 
 
 def api_call(api: str, method: str, path: str, **kwargs):
-    response = httpx.request(method, f"{api}{path}", timeout=30, **kwargs)
+    # The server answers 503 while SQLite is busy; Prefect's own client retries those, so do we.
+    for attempt in range(6):
+        response = httpx.request(method, f"{api}{path}", timeout=30, **kwargs)
+        if response.status_code != 503:
+            break
+        time.sleep(0.5 * 2**attempt)
     response.raise_for_status()
     return response.json()
 
