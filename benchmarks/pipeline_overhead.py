@@ -13,7 +13,7 @@ is untouched. It reports
   - how much of the cold run is training and evaluating (stage time minus start-up) and how
     much is start-up and DVC itself;
   - a no-op `dvc repro` (median of several);
-  - whether the stages that need no torch (validate, download, prepare) import it: each is run
+  - whether the stages that need no torch (validate, download, prepare, save) import it: each is run
     once more, as DVC runs it, with a check of sys.modules at exit.
 """
 
@@ -38,7 +38,7 @@ PROJECT_ROOT = Path(__file__).resolve().parents[1]
 VENV_BIN = Path(sys.executable).parent
 RESULTS_PATH = PROJECT_ROOT / "benchmarks" / "results" / "pipeline_overhead.json"
 
-TORCH_FREE_STAGES = ("validate", "download", "prepare")
+TORCH_FREE_STAGES = ("validate", "download", "prepare", "save")
 WORK_STAGES = ("train", "evaluate")  # the stages whose work the target wants to dominate
 TARGET_NOOP_SECONDS = 1.0
 TARGET_WORK_SHARE = 0.5
