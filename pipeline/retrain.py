@@ -30,6 +30,9 @@ from pipeline.flows import train_pipeline
 from pipeline.stages import RAN, metrics_paths, stage_env
 
 NO_CHANGE = "no change, champion kept"
+SAME_MODEL = "no change: the retrained model is byte-identical to the champion, champion kept"
+# The published model, as dvc.lock records it: equal hashes mean nothing worth a branch.
+MODEL_OUT = "models/model.pth"
 
 
 class RetrainError(Exception):
@@ -111,6 +114,22 @@ def champion_metrics(workspace: Path, base: str, metrics_file: str) -> dict | No
     return json.loads(shown.stdout) if shown.returncode == 0 else None
 
 
+def locked_md5(lock_text: str, path: str) -> str | None:
+    stages = (yaml.safe_load(lock_text) or {}).get("stages", {})
+    return next((out.get("md5") for stage in stages.values() for out in stage.get("outs", [])
+                 if out.get("path") == path), None)
+
+
+def same_model_as_champion(workspace: Path, base: str) -> bool:
+    """A rerun can reproduce the champion exactly (say, the device class was pinned to the one
+    it was trained on): then there is nothing to promote."""
+    shown = subprocess.run(["git", "show", f"{base}:dvc.lock"], cwd=workspace, capture_output=True, text=True)
+    if shown.returncode != 0:
+        return False
+    champion = locked_md5(shown.stdout, MODEL_OUT)
+    return champion is not None and champion == locked_md5((workspace / "dvc.lock").read_text(), MODEL_OUT)
+
+
 def compare_params(path: Path) -> CompareParams:
     """Only the `compare` section: the pipeline's own stages validated the rest of the file."""
     section = (yaml.safe_load(path.read_text(encoding="utf-8")) or {}).get("compare")
@@ -168,6 +187,9 @@ def retrain(repo: str = ".", base: str = "main", device: str = "auto", workspace
         if not any(outcome == RAN for outcome in run["stages"].values()):
             logger.info(NO_CHANGE)
             return {"result": NO_CHANGE, "branch": None, "stages": run["stages"]}
+        if same_model_as_champion(workspace, base):
+            logger.info(SAME_MODEL)
+            return {"result": SAME_MODEL, "branch": None, "stages": run["stages"]}
 
         metrics_file = metrics_paths(workspace)[0]
         changes = compare_metrics(champion_metrics(workspace, base, metrics_file), run["metrics"],

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from classifier.files import file_digest
-from pipeline.retrain import NO_CHANGE, RetrainError, retrain
+from pipeline.retrain import NO_CHANGE, SAME_MODEL, RetrainError, retrain
 from pipeline.stages import RAN
 from tests.conftest import commit_all, dvc, git, write_params
 
@@ -30,6 +30,15 @@ def test_nothing_changed_keeps_the_champion_and_trains_nothing(champion, tmp_pat
     assert RAN not in result["stages"].values()
     assert retrain_branches(champion) == []
     assert list((tmp_path / "ws").iterdir()) == []  # the workspace is gone again
+
+
+def test_a_rerun_that_reproduces_the_champion_promotes_nothing(champion, tmp_path, prefect_harness):
+    # The cpu pool pins the device class, which changes the train command: train reruns, and on
+    # this CPU-only machine it reproduces the champion byte for byte.
+    result = retrain(repo=str(champion), base="main", device="cpu", workspace_root=str(tmp_path / "ws"))
+    assert result["stages"]["train"] == RAN
+    assert result["result"] == SAME_MODEL and result["branch"] is None
+    assert retrain_branches(champion) == []
 
 
 def test_a_better_model_is_committed_on_a_retrain_branch(champion, tmp_path, prefect_harness):
