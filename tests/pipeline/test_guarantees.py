@@ -15,7 +15,7 @@ from tests.conftest import dvc, subprocess_env, write_params
 
 pytestmark = pytest.mark.slow
 
-EPOCHS = 6
+EPOCHS = 20  # long enough that the kill lands mid-training on a fast, quiet machine
 
 
 def start_repro(project) -> subprocess.Popen:
