@@ -23,9 +23,9 @@ class RemoteFile:
 class DatasetSpec:
     name: str
     classes: tuple[str, ...]
-    # None for a bundled data set; for IDX sets, one file per role in IDX_ROLES order.
+    # None for the bundled set (which has no official test split); for the IDX sets, one file
+    # per role in IDX_ROLES order, their own test split among them.
     remote_files: tuple[RemoteFile, ...] | None
-    has_official_test_split: bool
 
 
 def _idx_files(*md5s: str) -> tuple[RemoteFile, ...]:
@@ -43,7 +43,7 @@ BUNDLED_MNIST_5K = "mnist_5k.csv.gz"
 BUNDLED_MNIST_5K_SHA256 = "846f6cad587fea3877f6e0fe0a1968dfc68867ce170d3bc9fc2dccdbed17961d"
 
 DATASETS: dict[str, DatasetSpec] = {
-    "mnist-5k": DatasetSpec("mnist-5k", DIGITS, None, has_official_test_split=False),
+    "mnist-5k": DatasetSpec("mnist-5k", DIGITS, None),
     "mnist": DatasetSpec(
         "mnist",
         DIGITS,
@@ -53,7 +53,6 @@ DATASETS: dict[str, DatasetSpec] = {
             "9fb629c4189551a2d022fa330f9573f3",
             "ec29112dd5afa0611ce80d1b7f02629c",
         ),
-        has_official_test_split=True,
     ),
     "fashion-mnist": DatasetSpec(
         "fashion-mnist",
@@ -65,7 +64,6 @@ DATASETS: dict[str, DatasetSpec] = {
             "bef4ecab320f06d8554ea6380940ec79",
             "bb300cfdad3c16e7a12a480ee83cd310",
         ),
-        has_official_test_split=True,
     ),
     "kmnist": DatasetSpec(
         "kmnist",
@@ -76,6 +74,5 @@ DATASETS: dict[str, DatasetSpec] = {
             "5c965bf0a639b31b8f53240b1b52f4d7",
             "7320c461ea6c1c855c0b718fb2a4b134",
         ),
-        has_official_test_split=True,
     ),
 }

@@ -126,7 +126,7 @@ def _reason(error: Exception) -> str:
     return str(error) or type(error).__name__
 
 
-def download(data_params: DataParams, out_dir: Path, backoff_seconds: float = 1.0) -> list[Path]:
+def download(data_params: DataParams, out_dir: Path) -> list[Path]:
     out_dir.mkdir(parents=True, exist_ok=True)
     for partial in out_dir.glob(".*.part"):  # left by a download that was killed mid-file
         partial.unlink()
@@ -134,7 +134,7 @@ def download(data_params: DataParams, out_dir: Path, backoff_seconds: float = 1.
     if spec.remote_files is None:
         return [copy_bundled(out_dir)]
     mirrors = data_params.mirrors_for_dataset()
-    return [download_file(remote, mirrors, out_dir, backoff_seconds=backoff_seconds) for remote in spec.remote_files]
+    return [download_file(remote, mirrors, out_dir) for remote in spec.remote_files]
 
 
 def main(argv: Sequence[str] | None = None) -> None:

@@ -152,12 +152,17 @@ def log_epoch(total_epochs: int) -> Callable[[EpochStats, float], None]:
     return report
 
 
+def trained_with(params) -> dict:
+    """The params a training run depends on: recorded in the checkpoint and the model card."""
+    return {"seed": params.seed, "model": params.model.model_dump(), "train": params.train.model_dump()}
+
+
 def resume_key(params, prepared_dir: Path, device: torch.device) -> str:
     """A hash of everything a training run's result depends on: a resume file is only ever
     picked up by a run that would have produced exactly the same state."""
     code = [Path(__file__).parent / name for name in ("train.py", "data.py", "model.py")]
     inputs = {
-        "params": {"seed": params.seed, "model": params.model.model_dump(), "train": params.train.model_dump()},
+        "params": trained_with(params),
         "data": {path.name: file_digest(path) for path in sorted(prepared_dir.iterdir()) if path.is_file()},
         "code": {path.name: file_digest(path) for path in code},
         "device": device.type,
@@ -175,7 +180,7 @@ def training_state(model, optimizer, history, architecture, data_meta, params, d
                 "cuda": torch.cuda.get_rng_state_all() if device.type == "cuda" else []},
         "architecture": architecture,
         "data": {key: data_meta[key] for key in ("dataset", "classes", "image_shape", "normalization")},
-        "params": {"seed": params.seed, "model": params.model.model_dump(), "train": params.train.model_dump()},
+        "params": trained_with(params),
         "history": [asdict(stats) for stats in history],
         "device": device.type,
     }
@@ -188,7 +193,7 @@ def candidate_info(architecture: dict, data_meta: dict, params, device: torch.de
         "classes": data_meta["classes"],
         "input_shape": data_meta["image_shape"],
         "normalization": data_meta["normalization"],
-        "params": {"seed": params.seed, "model": params.model.model_dump(), "train": params.train.model_dump()},
+        "params": trained_with(params),
         "trained_on": device.type,
         "torch_version": torch.__version__,
     }
