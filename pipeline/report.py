@@ -19,7 +19,6 @@ import csv
 import io
 import json
 import logging
-import os
 import subprocess
 import sys
 from collections.abc import Callable, Mapping, Sequence
@@ -31,6 +30,8 @@ from classifier.compare import HIGHER_IS_BETTER, REGRESSED, MetricChange, compar
 from classifier.files import atomic_write_text, file_digest
 from classifier.params import load_params
 from pipeline import report_plots
+from pipeline.stages import PipelineError, lock_md5, read_stage_graph, stage_env
+from pipeline.stages import stage_order as graph_order
 
 log = logging.getLogger("report")
 
@@ -200,15 +201,6 @@ def stage_changes(base_lock: Mapping | None, head_lock: Mapping, order: Sequence
     return changes
 
 
-def lock_md5(lock: Mapping | None, path: str) -> str | None:
-    """The md5 dvc.lock records for an out, or None."""
-    for stage in ((lock or {}).get("stages") or {}).values():
-        for entry in stage.get("outs") or []:
-            if entry.get("path") == path:
-                return entry.get("md5")
-    return None
-
-
 @dataclass(frozen=True)
 class ModelHash:
     algorithm: str | None  # "sha256" or "md5"; None when the revision has no model
@@ -365,20 +357,14 @@ def render_markdown(report: Report, inline_images: bool = True, artifacts_url: s
 # ---------------------------------------------------------------- git and dvc (I/O)
 
 
-def _subprocess_env() -> dict:
-    env = dict(os.environ)
-    env.setdefault("DVC_NO_ANALYTICS", "1")
-    return env
-
-
 def _git(repo: Path, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(["git", *args], cwd=repo, capture_output=True, text=True, env=_subprocess_env())
+    return subprocess.run(["git", *args], cwd=repo, capture_output=True, text=True, env=stage_env())
 
 
 def _dvc(repo: Path, *args: str) -> subprocess.CompletedProcess:
     # The dvc of this interpreter: the one installed beside the project, whatever PATH says.
     return subprocess.run([sys.executable, "-m", "dvc", *args], cwd=repo, capture_output=True, text=True,
-                          env=_subprocess_env())
+                          env=stage_env())
 
 
 def _last_line(result: subprocess.CompletedProcess) -> str:
@@ -459,13 +445,10 @@ def dvc_plots(repo: Path, base_sha: str | None, out_dir: Path) -> tuple[str | No
 
 
 def stage_order(repo: Path) -> list[str]:
-    import yaml
-
     try:
-        stages = (yaml.safe_load((repo / "dvc.yaml").read_text(encoding="utf-8")) or {}).get("stages") or {}
-    except (OSError, yaml.YAMLError, AttributeError):
+        return graph_order(read_stage_graph(repo))
+    except PipelineError:
         return []  # the table falls back to dvc.lock's order
-    return list(stages)
 
 
 def _class_order(snapshot: Snapshot) -> list[str]:

@@ -27,7 +27,7 @@ from classifier.compare import REGRESSED, at_least_as_good, compare_metrics
 from classifier.params import CompareParams
 from pipeline.device import DEVICE_FILE, check_device
 from pipeline.flows import train_pipeline
-from pipeline.stages import RAN, metrics_paths, stage_env
+from pipeline.stages import RAN, lock_md5, metrics_paths, stage_env
 
 NO_CHANGE = "no change, champion kept"
 SAME_MODEL = "no change: the retrained model is byte-identical to the champion, champion kept"
@@ -114,20 +114,14 @@ def champion_metrics(workspace: Path, base: str, metrics_file: str) -> dict | No
     return json.loads(shown.stdout) if shown.returncode == 0 else None
 
 
-def locked_md5(lock_text: str, path: str) -> str | None:
-    stages = (yaml.safe_load(lock_text) or {}).get("stages", {})
-    return next((out.get("md5") for stage in stages.values() for out in stage.get("outs", [])
-                 if out.get("path") == path), None)
-
-
 def same_model_as_champion(workspace: Path, base: str) -> bool:
     """A rerun can reproduce the champion exactly (say, the device class was pinned to the one
     it was trained on): then there is nothing to promote."""
     shown = subprocess.run(["git", "show", f"{base}:dvc.lock"], cwd=workspace, capture_output=True, text=True)
     if shown.returncode != 0:
         return False
-    champion = locked_md5(shown.stdout, MODEL_OUT)
-    return champion is not None and champion == locked_md5((workspace / "dvc.lock").read_text(), MODEL_OUT)
+    champion = lock_md5(yaml.safe_load(shown.stdout), MODEL_OUT)
+    return champion is not None and champion == lock_md5(yaml.safe_load((workspace / "dvc.lock").read_text()), MODEL_OUT)
 
 
 def compare_params(path: Path) -> CompareParams:

@@ -212,3 +212,12 @@ def metrics_paths(project: Path) -> list[str]:
     """The files dvc.yaml declares as `metrics:` (metrics/metrics.json here)."""
     document = yaml.safe_load((Path(project) / "dvc.yaml").read_text(encoding="utf-8"))
     return [path for stage in document["stages"].values() for path in _paths(stage.get("metrics"))]
+
+
+def lock_md5(lock: Mapping | None, path: str) -> str | None:
+    """The md5 dvc.lock records for an out, or None."""
+    for stage in ((lock or {}).get("stages") or {}).values():
+        for entry in stage.get("outs") or []:
+            if entry.get("path") == path:
+                return entry.get("md5")
+    return None
