@@ -3,6 +3,9 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 INSTALLED := $(VENV)/.installed
+# The page `dvc plots` fills (.dvc/config plots.html_template): Vega inlined from the installed
+# vl-convert-python, so plot pages draw with no network. Generated, ignored by git (0.9 MB).
+PLOTS_TEMPLATE := .dvc/offline-plots.html
 
 # Stage commands call `python`: put the project's interpreter first on PATH.
 export PATH := $(abspath $(BIN)):$(PATH)
@@ -20,7 +23,10 @@ $(INSTALLED): pyproject.toml
 	$(BIN)/python -m pip install --quiet -e '.[test]'
 	touch $@
 
-install: $(INSTALLED)  ## create .venv and install the project and its test tools
+$(PLOTS_TEMPLATE): $(INSTALLED) src/classifier/plots_template.py
+	$(BIN)/python -m classifier.plots_template $@
+
+install: $(INSTALLED) $(PLOTS_TEMPLATE)  ## create .venv and install the project and its test tools
 
 # Prefect: its database and settings live in the project's .prefect/ (ignored by git and DVC);
 # no telemetry, which only fails and slows the server down offline.
@@ -32,7 +38,7 @@ DEVICE ?= auto
 run: $(INSTALLED)  ## run the pipeline as the Prefect flow (DEVICE=auto|cpu|cuda): only what changed reruns
 	$(BIN)/python -m pipeline run --device '$(DEVICE)'
 
-test: $(INSTALLED)  ## run the whole test suite, real dvc pipelines included
+test: $(INSTALLED) $(PLOTS_TEMPLATE)  ## run the whole test suite, real dvc pipelines included
 	$(BIN)/python -m pytest
 
 test-fast: $(INSTALLED)  ## unit tests only (no dvc runs)
@@ -41,7 +47,7 @@ test-fast: $(INSTALLED)  ## unit tests only (no dvc runs)
 metrics: $(INSTALLED)  ## show the committed metrics and their change against HEAD
 	$(BIN)/dvc metrics diff --all
 
-plots: $(INSTALLED)  ## render dvc plots to dvc_plots/index.html
+plots: $(INSTALLED) $(PLOTS_TEMPLATE)  ## render dvc plots to dvc_plots/index.html
 	$(BIN)/dvc plots show
 
 # Pull-request report: the workspace against BASE, written to OUT (see README, "Pull-request reports").
@@ -51,12 +57,12 @@ REPORT_FLAGS ?=
 
 .PHONY: report pr-report pr-comment
 
-report: $(INSTALLED)  ## report of the workspace against BASE (default main) in OUT/report.md (default report/)
+report: $(INSTALLED) $(PLOTS_TEMPLATE)  ## report of the workspace against BASE (default main) in OUT/report.md (default report/)
 	$(BIN)/python -m pipeline.report --base '$(BASE)' --out '$(OUT)' $(REPORT_FLAGS)
 
 # What CI runs: pull the outputs when a DVC remote is set (a failed pull just means more to
 # recompute), reproduce, then report; exit 1 when a metric regressed beyond its tolerance.
-pr-report: $(INSTALLED)  ## pipeline (pull or repro) then report against BASE; fails on a regression
+pr-report: $(INSTALLED) $(PLOTS_TEMPLATE)  ## pipeline (pull or repro) then report against BASE; fails on a regression
 	if $(BIN)/dvc remote default >/dev/null 2>&1; then $(BIN)/dvc pull --allow-missing || true; fi
 	$(BIN)/dvc repro
 	$(BIN)/python -m pipeline.report --base '$(BASE)' --out '$(OUT)' --fail-on-regression $(REPORT_FLAGS)

@@ -74,6 +74,17 @@ def write_params(project: Path, **changes) -> None:
     path.write_text(yaml.safe_dump(params, sort_keys=False))
 
 
+def copy_plots_template(destination: Path) -> None:
+    """The offline `dvc plots` page .dvc/config points at: generated and git-ignored, so not in ls-files."""
+    from classifier.plots_template import DEFAULT_PATH, write_template
+
+    template = PROJECT_ROOT / DEFAULT_PATH
+    if not template.is_file():
+        write_template(template)
+    (destination / DEFAULT_PATH).parent.mkdir(parents=True, exist_ok=True)
+    shutil.copy2(template, destination / DEFAULT_PATH)
+
+
 def copy_project(destination: Path) -> Path:
     """A fresh git repo holding the project's files as git sees them (tracked and not ignored) (no venv, data, models or DVC cache)."""
     tracked = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"], cwd=PROJECT_ROOT, capture_output=True, check=True).stdout
@@ -83,6 +94,7 @@ def copy_project(destination: Path) -> Path:
             target = destination / relative
             target.parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(source, target)
+    copy_plots_template(destination)
     git(destination, "init", "-q", "-b", "main")
     git(destination, "config", "user.email", "tests@example.invalid")
     git(destination, "config", "user.name", "tests")

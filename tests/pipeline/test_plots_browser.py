@@ -1,0 +1,168 @@
+"""Every page `dvc plots` makes draws its charts in a real browser with the network off.
+
+Chromium is Debian's `chromium` package, driven by Playwright (its own browser builds are
+downloads, which this project cannot rely on). When it is missing and apt-get can run, the
+`chromium` fixture installs it; without apt-get the tests skip, saying so, except under CI,
+where they fail. Screenshots and the console log of each page go to test-artifacts/plots/
+(git-ignored; TEST_ARTIFACTS moves it).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import PROJECT_ROOT, commit_all, copy_project, dvc
+
+pytestmark = pytest.mark.slow
+
+ARTIFACTS = Path(os.environ.get("TEST_ARTIFACTS", PROJECT_ROOT / "test-artifacts")) / "plots"
+# The plot ids dvc.yaml declares, as DVC turns them into element ids, and what each chart must say.
+PLOTS = {
+    "loss": ["Loss per epoch", "cross-entropy loss", "epoch"],
+    "accuracy": ["Accuracy per epoch", "accuracy", "epoch"],
+    "metrics_confusion_csv": ["Confusion matrix", "true class", "predicted class"],
+    "metrics_per_class_csv": ["F1 score per class", "F1 score", "class"],
+}
+# No proxy that answers and no name that resolves: a request that slipped past the route
+# below (a service worker, a prefetch) still cannot reach anything.
+OFFLINE_ARGS = ["--proxy-server=127.0.0.1:9", "--host-resolver-rules=MAP * ~NOTFOUND", "--no-first-run"]
+
+
+def find_chromium() -> str | None:
+    return next(filter(None, (shutil.which(name) for name in ("chromium", "chromium-browser"))), None)
+
+
+@pytest.fixture(scope="session")
+def chromium() -> str:
+    """Path of Debian's chromium, installed with apt-get when missing."""
+    found = find_chromium()
+    if found:
+        return found
+    apt = shutil.which("apt-get")
+    if apt is None or os.geteuid() != 0:
+        message = "chromium is not installed and apt-get cannot install it here (needs Debian and root): apt-get install chromium"
+        if os.environ.get("CI"):
+            pytest.fail(message)
+        pytest.skip(message)
+    env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
+    for command in ([apt, "update", "-qq"], [apt, "install", "-y", "-qq", "--no-install-recommends", "chromium"]):
+        result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=900)
+        if result.returncode != 0:
+            pytest.fail(f"{' '.join(command)} failed ({result.returncode}):\n{result.stdout[-2000:]}\n{result.stderr[-2000:]}")
+    found = find_chromium()
+    if not found:
+        pytest.fail("apt-get installed chromium but no chromium executable is on PATH")
+    return found
+
+
+@pytest.fixture(scope="module")
+def browser(chromium):
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=chromium, args=OFFLINE_ARGS)
+        yield browser
+        browser.close()
+
+
+def open_page(browser, html: Path, name: str, drawn: int, timeout_ms: int = 30_000) -> dict:
+    """Load `html` from disk with every non-file request refused; wait for `drawn` charts or the timeout.
+
+    Returns per plot div the number of drawn marks, the chart's text, and the page's console
+    errors, uncaught exceptions and outside requests; saves a screenshot and the console log.
+    """
+    page = browser.new_page(viewport={"width": 1400, "height": 900})
+    console, errors, outside = [], [], []
+    page.on("console", lambda message: console.append(f"{message.type}: {message.text}"))
+    page.on("pageerror", lambda error: errors.append(str(error)))
+
+    def refuse(route):
+        outside.append(route.request.url)
+        route.abort("internetdisconnected")
+
+    page.route(lambda url: not url.startswith("file:"), refuse)
+    page.goto(html.as_uri(), wait_until="load")
+    try:
+        page.wait_for_function("n => document.querySelectorAll('.vega-embed svg.marks, .vega-embed canvas').length >= n",
+                               arg=drawn, timeout=timeout_ms)
+    except Exception:  # noqa: BLE001 -- the assertions below say what did not draw
+        pass
+    charts = page.evaluate(
+        """() => Object.fromEntries(Array.from(document.querySelectorAll('body > div[id]')).map(div => {
+            const svg = div.querySelector('svg.marks');
+            return [div.id, {marks: svg ? svg.querySelectorAll('path, rect, line, text').length : 0,
+                             canvas: div.querySelectorAll('canvas').length,
+                             text: svg ? svg.textContent : ''}];
+        }))"""
+    )
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=ARTIFACTS / f"{name}.png", full_page=True)
+    (ARTIFACTS / f"{name}.console.txt").write_text("\n".join(console + errors + [f"refused: {url}" for url in outside]) + "\n")
+    page.close()
+    return {"charts": charts, "console_errors": [line for line in console if line.startswith("error:")],
+            "page_errors": errors, "outside": outside}
+
+
+def assert_drew_offline(result: dict, revisions: int) -> None:
+    assert result["outside"] == [], f"the page asked the network for {result['outside']}"
+    assert result["page_errors"] == [] and result["console_errors"] == [], result
+    assert set(result["charts"]) == set(PLOTS), result["charts"].keys()
+    for plot_id, words in PLOTS.items():
+        chart = result["charts"][plot_id]
+        assert chart["marks"] > 10 or chart["canvas"], f"{plot_id} drew nothing: {chart}"
+        for word in words:
+            assert word in chart["text"], f"{plot_id}: {word!r} missing from the chart's text {chart['text'][:300]!r}"
+        assert "metrics/" not in chart["text"], f"{plot_id} is titled with a file path"
+    assert result["charts"]["accuracy"]["text"].count("workspace") >= 1
+    if revisions == 2:  # the legend names both revisions
+        assert "HEAD" in result["charts"]["loss"]["text"]
+
+
+@pytest.fixture(scope="module")
+def plots_project(tmp_path_factory) -> Path:
+    """A copy of the project at its committed metrics, then a workspace whose history differs."""
+    root = copy_project(tmp_path_factory.mktemp("plots") / "project")
+    commit_all(root, "committed metrics")
+    history = root / "metrics" / "history.csv"
+    rows = list(csv.DictReader(io.StringIO(history.read_text())))
+    assert rows, "metrics/history.csv is committed with the project"
+    for row in rows:
+        row["val_loss"] = f"{float(row['val_loss']) * 1.2:.6f}"
+        row["val_accuracy"] = f"{float(row['val_accuracy']) * 0.98:.6f}"
+    out = io.StringIO()
+    writer = csv.DictWriter(out, fieldnames=list(rows[0]), lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    history.write_text(out.getvalue())
+    return root
+
+
+def test_dvc_plots_show_draws_every_chart_with_the_network_off(plots_project, browser):
+    dvc(plots_project, "plots", "show", "-o", "show")
+    page = plots_project / "show" / "index.html"
+    assert "cdn.jsdelivr" not in page.read_text()
+    assert_drew_offline(open_page(browser, page, "plots-show", drawn=len(PLOTS)), revisions=1)
+
+
+def test_dvc_plots_diff_draws_every_chart_with_the_network_off(plots_project, browser):
+    dvc(plots_project, "plots", "diff", "HEAD", "-o", "diff")
+    assert_drew_offline(open_page(browser, plots_project / "diff" / "index.html", "plots-diff", drawn=len(PLOTS)), revisions=2)
+
+
+def test_the_browser_really_is_offline_dvcs_cdn_page_stays_blank(plots_project, browser, tmp_path):
+    """The same page from DVC's default template (scripts from a CDN): nothing draws, and the requests are seen."""
+    from dvc_render.html import PAGE_HTML
+
+    template = tmp_path / "cdn.html"
+    template.write_text(PAGE_HTML)
+    dvc(plots_project, "plots", "show", "-o", "cdn", "--html-template", str(template))
+    result = open_page(browser, plots_project / "cdn" / "index.html", "plots-cdn-default", drawn=1, timeout_ms=3_000)
+    assert any("cdn.jsdelivr.net" in url for url in result["outside"]), result["outside"]
+    assert all(chart["marks"] == 0 and chart["canvas"] == 0 for chart in result["charts"].values()), result["charts"]
