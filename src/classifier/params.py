@@ -82,14 +82,23 @@ class SaveParams(Section):
     min_accuracy: float = Field(ge=0, le=1)
 
 
-class Tolerances(Section):
+class MinEffect(Section):
+    """The smallest change in each test metric that matters; a smaller one is never called a change."""
+
     accuracy: float = Field(ge=0, le=1)
     macro_f1: float = Field(ge=0, le=1)
     loss: float = Field(ge=0, le=100)
 
 
 class CompareParams(Section):
-    tolerances: Tolerances
+    """How a new model is judged against a base (classifier.compare); always read from the base."""
+
+    # The paired tests' significance level: intervals are (1 - alpha), the gate's bounds one-sided
+    # (1 - alpha), so alpha must leave a non-empty two-sided (1 - 2 alpha) interval.
+    alpha: float = Field(default=0.05, gt=0, lt=0.5)
+    min_effect: MinEffect
+    # Enough resamples that the interval's ends move by well under min_effect between seeds.
+    resamples: int = Field(default=2000, ge=100, le=100_000)
 
 
 class Params(Section):
