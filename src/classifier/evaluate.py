@@ -1,33 +1,46 @@
-"""Stage `evaluate`: score the trained model on the test split.
+"""Stage `evaluate`: score the trained model on the test split, example by example.
 
     python -m classifier.evaluate data/prepared models/candidate.pth models/candidate.json \
-        metrics/metrics.json metrics/confusion.csv metrics/per_class.csv
+        metrics/metrics.json metrics/evaluation.json metrics/predictions.csv metrics/per_class.csv
 
-metrics.json (git-tracked) holds the dataset, sample counts and the test loss, accuracy and
-macro F1; per_class.csv and confusion.csv feed `dvc plots`.
+All four files are git-tracked, so a revision carries its own results and a later one can be
+judged against it with no model and no rerun (classifier.compare, pipeline.report):
+
+- metrics.json: numbers only (sample counts; test loss, accuracy, macro F1), for `dvc metrics`.
+- evaluation.json: what was evaluated: dataset, class names, test count, and the test split's
+  fingerprint, sha256 of its images then its labels, in order. Equal fingerprints mean the
+  same images with the same labels in the same order, so two revisions' results pair up.
+- predictions.csv: one row per test example, in order: `id` (a hash of the image's pixels,
+  stable across runs), `actual` and `predicted` class names, and the example's cross-entropy
+  `loss`. The `confusion` plot is drawn from its actual and predicted columns.
+- per_class.csv: precision, recall, F1 and support per class, for a `dvc plots` bar chart.
 """
 
 from __future__ import annotations
 
-import csv
-import io
+import hashlib
 import json
 import logging
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+import numpy as np
+import pandas as pd
 import torch
 
 from classifier.cli import run, stage_parser
 from classifier.data import load_prepared
 from classifier.files import atomic_write_json, atomic_write_text
-from classifier.model import NeuralNetwork, logits_for, loss_and_accuracy
+from classifier.model import NeuralNetwork, logits_for
 from classifier.serialization import load_file
 
 log = logging.getLogger("evaluate")
 
 DECIMALS = 6
+# 64 bits of the image's sha256: ids stay short in the CSV, and a collision among a test
+# split's images (below 1e-9 for a million of them) would only merge two ids, which the reader refuses.
+ID_HEX_DIGITS = 16
 
 
 def confusion_matrix(labels: torch.Tensor, predictions: torch.Tensor, num_classes: int) -> torch.Tensor:
@@ -50,30 +63,55 @@ def per_class_scores(confusion: torch.Tensor) -> list[dict[str, float]]:
     ]
 
 
-def score(logits: torch.Tensor, labels: torch.Tensor, num_classes: int) -> tuple[dict, list[dict], torch.Tensor]:
-    loss, accuracy = loss_and_accuracy(logits, labels)
+def score(logits: torch.Tensor, labels: torch.Tensor, num_classes: int) -> tuple[dict, list[dict], torch.Tensor, torch.Tensor]:
+    """The summary, per-class scores, and each example's prediction and cross-entropy loss."""
+    losses = torch.nn.functional.cross_entropy(logits, labels, reduction="none")
     predictions = logits.argmax(dim=1)
     per_class = per_class_scores(confusion_matrix(labels, predictions, num_classes))
-    macro_f1 = sum(row["f1"] for row in per_class) / num_classes
-    summary = {"loss": round(loss, DECIMALS), "accuracy": round(accuracy, DECIMALS), "macro_f1": round(macro_f1, DECIMALS)}
-    return summary, per_class, predictions
+    summary = {
+        "loss": round(losses.mean().item(), DECIMALS),
+        "accuracy": round((predictions == labels).double().mean().item(), DECIMALS),
+        # Over every class the data set has, absent ones counting 0 (scikit-learn's labels=..., zero_division=0).
+        "macro_f1": round(sum(row["f1"] for row in per_class) / num_classes, DECIMALS),
+    }
+    return summary, per_class, predictions, losses
+
+
+def split_fingerprint(images: np.ndarray, labels: np.ndarray) -> str:
+    """sha256 of the pixels (uint8, C order) then the labels (int64, little-endian), in split order."""
+    digest = hashlib.sha256()
+    digest.update(np.ascontiguousarray(images, dtype=np.uint8).tobytes())
+    digest.update(np.ascontiguousarray(labels, dtype="<i8").tobytes())
+    return f"sha256:{digest.hexdigest()}"
+
+
+def example_ids(images: np.ndarray) -> list[str]:
+    """A content id per image, so an id names the same picture in any run; repeats get -2, -3, ..."""
+    ids, seen = [], {}
+    for image in np.ascontiguousarray(images, dtype=np.uint8):
+        digest = hashlib.sha256(image.tobytes()).hexdigest()[:ID_HEX_DIGITS]
+        seen[digest] = seen.get(digest, 0) + 1
+        ids.append(digest if seen[digest] == 1 else f"{digest}-{seen[digest]}")
+    return ids
+
+
+def predictions_csv(ids: Sequence[str], classes: Sequence[str], labels: torch.Tensor, predictions: torch.Tensor,
+                    losses: torch.Tensor) -> str:
+    names = np.asarray(classes, dtype=object)
+    table = pd.DataFrame({"id": ids, "actual": names[labels.numpy()], "predicted": names[predictions.numpy()],
+                          "loss": losses.double().numpy()})
+    return table.to_csv(index=False, float_format=f"%.{DECIMALS}f", lineterminator="\n")
 
 
 def per_class_csv(classes: Sequence[str], per_class: Sequence[dict]) -> str:
-    out = io.StringIO()
-    writer = csv.writer(out, lineterminator="\n")
-    writer.writerow(["class", "precision", "recall", "f1", "support"])
-    for name, row in zip(classes, per_class):
-        writer.writerow([name, f"{row['precision']:.6f}", f"{row['recall']:.6f}", f"{row['f1']:.6f}", row["support"]])
-    return out.getvalue()
+    table = pd.DataFrame(per_class, columns=["precision", "recall", "f1", "support"])
+    table.insert(0, "class", list(classes))
+    return table.to_csv(index=False, float_format=f"%.{DECIMALS}f", lineterminator="\n")
 
 
-def confusion_csv(classes: Sequence[str], labels: torch.Tensor, predictions: torch.Tensor) -> str:
-    out = io.StringIO()
-    writer = csv.writer(out, lineterminator="\n")
-    writer.writerow(["actual", "predicted"])
-    writer.writerows((classes[a], classes[p]) for a, p in zip(labels.tolist(), predictions.tolist()))
-    return out.getvalue()
+def evaluation_record(meta: dict, fingerprint: str) -> dict:
+    return {"dataset": meta["dataset"], "classes": list(meta["classes"]), "test_samples": meta["samples"]["test"],
+            "test_fingerprint": fingerprint}
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -82,8 +120,9 @@ def main(argv: Sequence[str] | None = None) -> None:
         ("prepared_dir", "folder written by the prepare stage"),
         ("candidate_path", "state_dict written by the train stage"),
         ("candidate_info_path", "its architecture, as JSON, written by the train stage"),
-        ("metrics_path", "metrics JSON to write"),
-        ("confusion_path", "per-image (actual, predicted) CSV to write"),
+        ("metrics_path", "metrics JSON to write (numbers only)"),
+        ("evaluation_path", "JSON to write: dataset, classes and the test split's fingerprint"),
+        ("predictions_path", "per-example (id, actual, predicted, loss) CSV to write"),
         ("per_class_path", "per-class precision/recall/F1 CSV to write"),
     ]:
         parser.add_argument(name, type=Path, help=help_text)
@@ -95,14 +134,17 @@ def main(argv: Sequence[str] | None = None) -> None:
     data = load_prepared(args.prepared_dir, ("test",))
     test = data.splits["test"]
     logits = logits_for(model, test.images, data.normalization, torch.device("cpu"))
-    summary, per_class, predictions = score(logits, test.labels, data.num_classes)
+    summary, per_class, predictions, losses = score(logits, test.labels, data.num_classes)
 
-    metrics = {"dataset": data.meta["dataset"], "samples": data.meta["samples"], "test": summary}
     classes = data.meta["classes"]
-    atomic_write_json(args.metrics_path, metrics)
-    atomic_write_text(args.confusion_path, confusion_csv(classes, test.labels, predictions))
+    images = test.images.numpy()
+    fingerprint = split_fingerprint(images, test.labels.numpy())
+    atomic_write_json(args.metrics_path, {"samples": data.meta["samples"], "test": summary})
+    atomic_write_json(args.evaluation_path, evaluation_record(data.meta, fingerprint))
+    atomic_write_text(args.predictions_path, predictions_csv(example_ids(images), classes, test.labels, predictions, losses))
     atomic_write_text(args.per_class_path, per_class_csv(classes, per_class))
-    log.info("test loss %.4f  accuracy %.4f  macro F1 %.4f", summary["loss"], summary["accuracy"], summary["macro_f1"])
+    log.info("test loss %.4f  accuracy %.4f  macro F1 %.4f  (test set %s)", summary["loss"], summary["accuracy"],
+             summary["macro_f1"], fingerprint[:19])
 
 
 if __name__ == "__main__":

@@ -22,7 +22,8 @@ OUTPUTS = [
     "models/model.json",
     "metrics/metrics.json",
     "metrics/history.csv",
-    "metrics/confusion.csv",
+    "metrics/evaluation.json",
+    "metrics/predictions.csv",
     "metrics/per_class.csv",
 ]
 
@@ -41,7 +42,7 @@ def test_repro_runs_everything_once_then_only_what_changed(project):
     for relative in OUTPUTS:
         assert (project / relative).is_file(), relative
     metrics = json.loads((project / "metrics/metrics.json").read_text())
-    assert metrics["dataset"] == "mnist-5k"
+    assert json.loads((project / "metrics/evaluation.json").read_text())["dataset"] == "mnist-5k"
     assert metrics["samples"] == {"train": 3600, "val": 400, "test": 1000}
     assert 0.5 < metrics["test"]["accuracy"] <= 1
     card = json.loads((project / "models/model.json").read_text())
@@ -109,5 +110,5 @@ def test_metrics_and_plots_show(reproduced_project):
     assert shown[""]["data"]["metrics/metrics.json"]["data"]["test"]["accuracy"] > 0.5
     dvc(project, "plots", "show", "-o", "plots-out")
     html = (project / "plots-out" / "index.html").read_text()
-    for plot in ("loss", "accuracy", "metrics/confusion.csv", "metrics/per_class.csv"):
+    for plot in ("loss", "accuracy", "metrics/predictions.csv", "metrics/per_class.csv"):
         assert plot in html

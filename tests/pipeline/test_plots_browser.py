@@ -27,7 +27,7 @@ ARTIFACTS = Path(os.environ.get("TEST_ARTIFACTS", PROJECT_ROOT / "test-artifacts
 PLOTS = {
     "loss": ["Loss per epoch", "cross-entropy loss", "epoch"],
     "accuracy": ["Accuracy per epoch", "accuracy", "epoch"],
-    "metrics_confusion_csv": ["Confusion matrix", "true class", "predicted class"],
+    "metrics_predictions_csv": ["Confusion matrix", "true class", "predicted class"],
     "metrics_per_class_csv": ["F1 score per class", "F1 score", "class"],
 }
 # No proxy that answers and no name that resolves: a request that slipped past the route

@@ -74,7 +74,7 @@ def test_evaluate_refuses_a_malicious_candidate(stage_files, tmp_path):
     torch.save({"linear_relu_stack.0.weight": CreatesAFile(marker)}, stage_files / "candidate.pth")
     result = subprocess.run(
         [sys.executable, "-m", "classifier.evaluate", str(stage_files), str(stage_files / "candidate.pth"),
-         str(stage_files / "candidate.json"), *(str(tmp_path / name) for name in ("m.json", "c.csv", "p.csv"))],
+         str(stage_files / "candidate.json"), *(str(tmp_path / name) for name in ("m.json", "e.json", "c.csv", "p.csv"))],
         env=subprocess_env(), capture_output=True, text=True)
     assert result.returncode == 2 and "refused to load" in result.stderr
     assert not marker.exists()
