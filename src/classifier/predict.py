@@ -1,10 +1,12 @@
 """Classify image files with a published model.
 
-    python -m classifier.predict models/model.pth digit.png [more.png ...]
+    python -m classifier.predict models/model.pth digit.png [more.png ...] [--top-k 3]
 
 The model's sha256 must match its card (models/model.json beside it) and the weights are
 loaded weights-only. Images are read as grayscale and resized to the card's input shape;
-like the training data, they should show a light figure on a dark background.
+like the training data, they should show a light figure on a dark background: an image whose
+border is lighter than mid-grey gets a warning on stderr, since the model answers it anyway,
+and often confidently (a dark zero on white paper: "3 0.9890").
 """
 
 from __future__ import annotations
@@ -62,11 +64,30 @@ def read_image(path: Path, shape: Sequence[int]) -> torch.Tensor:
         raise UserError(f"{path}: cannot read ({error.strerror or error})") from None
 
 
-def predict(model: NeuralNetwork, card: dict, images: torch.Tensor) -> list[tuple[str, float]]:
+# Training digits are light strokes on a black field, so their border is near 0; a border this
+# bright means a dark figure on a light background, which the model was never shown.
+BORDER_WIDTH = 2
+MID_GREY = 127.5
+
+
+def border_mean(image: torch.Tensor) -> float:
+    """Mean of the outermost BORDER_WIDTH pixels of a uint8 H x W image."""
+    inner = torch.zeros_like(image, dtype=torch.bool)
+    inner[BORDER_WIDTH:-BORDER_WIDTH, BORDER_WIDTH:-BORDER_WIDTH] = True
+    return image[~inner].float().mean().item()
+
+
+def looks_inverted(image: torch.Tensor) -> bool:
+    return border_mean(image) > MID_GREY
+
+
+def predict(model: NeuralNetwork, card: dict, images: torch.Tensor, top_k: int = 1) -> list[list[tuple[str, float]]]:
+    """Per image, the top_k (class name, probability) pairs, most probable first."""
     normalization = Normalization(card["normalization"]["mean"], card["normalization"]["std"])
     probabilities = logits_for(model, images, normalization, torch.device("cpu")).softmax(dim=1)
-    best, indices = probabilities.max(dim=1)
-    return [(card["classes"][index], probability) for index, probability in zip(indices.tolist(), best.tolist())]
+    best, indices = probabilities.topk(top_k, dim=1)
+    return [[(card["classes"][index], probability) for index, probability in zip(row_indices, row_best)]
+            for row_indices, row_best in zip(indices.tolist(), best.tolist())]
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -74,12 +95,20 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("model_path", type=Path, help="published state_dict, e.g. models/model.pth")
     parser.add_argument("images", type=Path, nargs="+", help="image files (PNG, JPEG, ...)")
     parser.add_argument("--card", type=Path, help="model card (default: the model path with .json)")
+    parser.add_argument("--top-k", type=int, default=1, metavar="K",
+                        help="print the K most probable classes, each with its probability (default: %(default)s)")
     args = parser.parse_args(argv)
     card = load_card(args.card or args.model_path.with_suffix(".json"))
+    if not 1 <= args.top_k <= len(card["classes"]):
+        raise UserError(f"--top-k {args.top_k}: must be between 1 and the model's {len(card['classes'])} classes")
     model = load_model(args.model_path, card)
     images = torch.stack([read_image(path, card["input_shape"]) for path in args.images])
-    for path, (label, probability) in zip(args.images, predict(model, card, images)):
-        print(f"{path}\t{label}\t{probability:.4f}")
+    for path, image in zip(args.images, images):
+        if looks_inverted(image):
+            print(f"warning: {path}: light background (border mean {border_mean(image):.0f}/255); the model expects "
+                  "a light figure on a dark background, like MNIST: invert the image first", file=sys.stderr)
+    for path, ranked in zip(args.images, predict(model, card, images, args.top_k)):
+        print("\t".join([str(path), *(f"{label}\t{probability:.4f}" for label, probability in ranked)]))
 
 
 if __name__ == "__main__":
