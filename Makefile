@@ -17,7 +17,18 @@ export DVC_NO_ANALYTICS := 1
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
 
+# .venv is made from PYTHON: Python 3.11 or newer (pyproject.toml's requires-python), checked first so
+# an older one stops here with one line, not deep in pip. tests/unit/test_installability.py resolves 3.11-3.13.
+SUPPORTED_PYTHONS := Python 3.11 or newer (tested: 3.11, 3.12, 3.13); rerun with PYTHON=python3.12, say
+
 $(INSTALLED): pyproject.toml
+	@if ! test -x $(BIN)/python; then \
+	  found=$$($(PYTHON) -c 'import sys; print("%d.%d.%d %s" % (sys.version_info[:3] + (sys.executable,))); sys.exit(sys.version_info[:2] < (3, 11))' 2>/dev/null); status=$$?; \
+	  version=$${found%% *}; executable=$${found#* }; \
+	  if [ -z "$$found" ]; then echo "make: PYTHON=$(PYTHON) does not run; classifier-pipeline needs $(SUPPORTED_PYTHONS)" >&2; exit 1; fi; \
+	  if [ $$status -ne 0 ]; then echo "make: PYTHON=$(PYTHON) is Python $$version ($$executable); classifier-pipeline needs $(SUPPORTED_PYTHONS)" >&2; exit 1; fi; \
+	  echo "make: creating $(VENV) with Python $$version ($$executable, from PYTHON=$(PYTHON))"; \
+	fi
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e '.[test]'
