@@ -78,8 +78,8 @@ pr-report: $(INSTALLED) $(PLOTS_TEMPLATE)  ## pipeline (pull or repro) then repo
 	$(BIN)/dvc repro
 	$(BIN)/python -m pipeline.report --base '$(BASE)' --out '$(OUT)' --fail-on-regression $(REPORT_FLAGS)
 
-pr-comment: $(INSTALLED)  ## create or update the report comment on pull request PR (needs gh and GH_TOKEN)
-	$(BIN)/python -m pipeline.post_comment --pr '$(PR)' '$(OUT)/comment.md'
+pr-comment:  ## post OUT/comment.md on pull request PR, editing your last comment there (needs gh; CI uses a sticky-comment action)
+	gh pr comment '$(PR)' --edit-last --create-if-none --body-file '$(OUT)/comment.md'
 
 # Scaling out (README, "Scaling out"): one server, a worker per machine and pool, deployments.
 PREFECT_HOST ?= 127.0.0.1

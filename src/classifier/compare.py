@@ -12,8 +12,9 @@ API
   `source` names the file in errors. Raises `PredictionsError` (a ValueError).
 - `point_metrics(table) -> {"accuracy", "macro_f1", "loss"}`: the numbers of one table.
 - `judge(base, head, policy) -> Judgement`: `base` and `head` are `Results` (the test split's
-  fingerprint and the table); `base` is None when the base has no results. The verdict is
-  NEW (no base), NOT_COMPARABLE (different test sets), IMPROVED, REGRESSED or NO_CHANGE.
+  fingerprint and the table); `base` is None when the base has no results; `policy` is the
+  base's (None when it has none, which gives COULD_NOT_JUDGE for comparable results). The
+  verdict is NEW (no base), NOT_COMPARABLE (different test sets), IMPROVED, REGRESSED or NO_CHANGE.
   `cannot_judge(head, reason)` is the Judgement for a base whose results or policy are unreadable.
 - `exit_status(verdict)`: 0, 1 for REGRESSED, 2 for NOT_COMPARABLE / COULD_NOT_JUDGE.
 - `gate(champion, challenger, policy, best_accuracy) -> GateDecision`: the retrain gate on two
@@ -278,8 +279,9 @@ def cannot_judge(head: pd.DataFrame, reason: str) -> Judgement:
     return _unjudged(head, COULD_NOT_JUDGE, reason)
 
 
-def judge(base: Results | None, head: Results, policy: CompareParams) -> Judgement:
-    """The base's results against the head's, under the base's policy."""
+def judge(base: Results | None, head: Results, policy: CompareParams | None) -> Judgement:
+    """The base's results against the head's, under the base's policy (None: the base has none
+    that can be read, so a pair of comparable results could not be judged)."""
     if base is None:
         return _unjudged(head.predictions, NEW, "the base has no per-example results: every metric is new")
     if base.fingerprint != head.fingerprint:
@@ -289,6 +291,8 @@ def judge(base: Results | None, head: Results, policy: CompareParams) -> Judgeme
     if problem := pairing_problem(base.predictions, head.predictions):
         return _unjudged(head.predictions, NOT_COMPARABLE, f"the per-example results do not pair: {problem}",
                          base.predictions)
+    if policy is None:
+        return cannot_judge(head.predictions, "the base has no `compare` policy that can be read")
     confidence = 1 - policy.alpha
     base_numbers, head_numbers = point_metrics(base.predictions), point_metrics(head.predictions)
     intervals = paired_intervals(base.predictions, head.predictions, confidence, policy.resamples)
