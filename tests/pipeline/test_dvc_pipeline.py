@@ -15,7 +15,6 @@ OUTPUTS = [
     "data/raw/mnist_5k.csv.gz",
     "data/prepared/train_images.npy",
     "data/prepared/meta.json",
-    "models/checkpoint.pt",
     "models/candidate.pth",
     "models/candidate.json",
     "models/model.pth",
@@ -110,5 +109,8 @@ def test_metrics_and_plots_show(reproduced_project):
     assert shown[""]["data"]["metrics/metrics.json"]["data"]["test"]["accuracy"] > 0.5
     dvc(project, "plots", "show", "-o", "plots-out")
     html = (project / "plots-out" / "index.html").read_text()
-    for plot in ("loss", "accuracy", "metrics/predictions.csv", "metrics/per_class.csv"):
-        assert plot in html
+    # DVC's element id per plot (its id, / and . as _), and the titles dvc.yaml gives them
+    for plot in ("loss", "accuracy", "metrics_predictions_csv", "metrics_per_class_csv"):
+        assert f'<div id = "{plot}">' in html
+    for title in ("Loss per epoch", "Accuracy per epoch", "Confusion matrix", "F1 score per class"):
+        assert title in html
