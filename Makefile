@@ -12,7 +12,7 @@ export PATH := $(abspath $(BIN)):$(PATH)
 # Offline machines: no analytics calls from DVC.
 export DVC_NO_ANALYTICS := 1
 
-.PHONY: help install run test test-fast metrics plots clean
+.PHONY: help install run server-stop test test-fast metrics plots clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -44,10 +44,15 @@ install: $(INSTALLED) $(PLOTS_TEMPLATE)  ## create .venv and install the project
 export PREFECT_HOME ?= $(CURDIR)/.prefect
 export PREFECT_SERVER_ANALYTICS_ENABLED ?= false
 export DO_NOT_TRACK ?= 1
-DEVICE ?= auto
+# DEVICE=auto|cpu|cuda|mps sets params.yaml's train.device first; empty leaves params.yaml alone.
+DEVICE ?=
+DEVICE_FLAG = $(if $(DEVICE),--device '$(DEVICE)')
 
-run: $(INSTALLED)  ## run the pipeline as the Prefect flow (DEVICE=auto|cpu|cuda): only what changed reruns
-	$(BIN)/python -m pipeline run --device '$(DEVICE)'
+run: $(INSTALLED)  ## run the pipeline (dvc repro) as a Prefect flow; starts the project's Prefect server on first use
+	$(BIN)/python -m pipeline run $(DEVICE_FLAG)
+
+server-stop: $(INSTALLED)  ## stop the project's background Prefect server that `make run` started
+	$(BIN)/python -m pipeline server-stop
 
 test: $(INSTALLED) $(PLOTS_TEMPLATE)  ## run the whole test suite, real dvc pipelines included
 	$(BIN)/python -m pytest
@@ -102,7 +107,7 @@ deploy: $(INSTALLED)  ## register prefect.yaml's deployments (retrain-cpu, retra
 	$(BIN)/prefect --no-prompt deploy --all
 
 retrain: $(INSTALLED)  ## retrain BASE (default main) now, in a workspace of its own; promotes only if as good
-	$(BIN)/python -m pipeline retrain --base '$(BASE)' --device '$(DEVICE)'
+	$(BIN)/python -m pipeline retrain --base '$(BASE)' $(DEVICE_FLAG)
 
 # Benchmarks (README, "Performance"); not part of `make test`. BENCH_FLAGS=--quick for a smoke run.
 BENCH_FLAGS ?=

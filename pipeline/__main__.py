@@ -1,86 +1,159 @@
-"""Command line for the flows: `python -m pipeline run|retrain`.
+"""Command line for the flows: `python -m pipeline run|retrain|server-stop`.
 
-    python -m pipeline run [--device auto|cpu|cuda] [--target STAGE]
-    python -m pipeline retrain [--repo .] [--base main] [--device auto|cpu|cuda]
+    python -m pipeline run [--project .] [--device auto|cpu|cuda|mps] [--target STAGE]
+    python -m pipeline retrain [--repo .] [--base main] [--device auto|cpu|cuda|mps]
+    python -m pipeline server-stop
 
-With no PREFECT_API_URL the flow runs against Prefect's temporary local server, its database
-under the project's `.prefect/`; with one set, the server must answer or nothing starts.
+With PREFECT_API_URL set, the flows run against that server, which must answer. Without it,
+they use the project's own local server (`.prefect/`), started in the background on first
+use and reused afterwards; `server-stop` stops it.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import subprocess
 import sys
 from collections.abc import Sequence
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
 # Set before Prefect is imported: its settings are read once. Offline, telemetry calls only fail
-# and slow the temporary server down.
-EMBEDDED_DEFAULTS = {
+# and slow the server down.
+QUIET_DEFAULTS = {
     "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
     "DO_NOT_TRACK": "1",
     "DVC_NO_ANALYTICS": "1",
 }
+# What a run records, for the closing hint on what to commit.
+RESULT_FILES = ("params.yaml", "dvc.lock", "metrics")
 
 
-def embedded_settings(project: Path) -> None:
+def say(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def connect(project: Path) -> bool:
+    """Point Prefect at a server that answers: PREFECT_API_URL's, or the project's local one
+    (then returns True)."""
     os.environ.setdefault("PREFECT_HOME", str(project / ".prefect"))
-    for key, value in EMBEDDED_DEFAULTS.items():
+    for key, value in QUIET_DEFAULTS.items():
         os.environ.setdefault(key, value)
+    from pipeline.local_server import LocalServerError, ensure_server, healthy
 
-
-def check_server() -> None:
-    """An unreachable PREFECT_API_URL is an error here, not a traceback from inside the flow."""
     url = os.environ.get("PREFECT_API_URL")
-    if not url:
-        return
-    from prefect.client.orchestration import get_client
+    if url:
+        if not healthy(url.rstrip("/")):
+            raise SystemExit(f"error: the Prefect server at PREFECT_API_URL={url} is unreachable; start it with "
+                             "`make server`, or unset PREFECT_API_URL to use the project's local server")
+        return False
+    try:
+        os.environ["PREFECT_API_URL"] = ensure_server(Path(os.environ["PREFECT_HOME"]), say)
+    except LocalServerError as error:
+        raise SystemExit(f"error: {error}") from None
+    return True
 
-    with get_client(sync_client=True) as client:
-        problem = client.api_healthcheck()
-    if problem is not None:
-        raise SystemExit(f"error: the Prefect server at PREFECT_API_URL={url} is unreachable ({problem}); "
-                         "start it with `make server`, or unset PREFECT_API_URL to use a temporary local server")
+
+@contextmanager
+def without_heartbeats():
+    """Flow-run heartbeats exist for a server's crash detection, which the local server does not
+    run; and the engine's heartbeat thread holds every run's end for up to a second."""
+    from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
+
+    with temporary_settings(updates={PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}):
+        yield
+
+
+def produced(summary: dict, project: Path) -> list[str]:
+    """The closing lines of a run: the scores, the model and its hash, what DVC did."""
+    test = (summary.get("metrics") or {}).get("test") or {}
+    lines = []
+    if test:
+        lines.append(f"test accuracy {test.get('accuracy')}, macro F1 {test.get('macro_f1')}")
+    if summary.get("model_sha256"):
+        lines.append(f"model {summary['model_path']} sha256 {summary['model_sha256']}")
+    changed = summary.get("changed") or []
+    lines.append("stages run or restored by DVC: " + (", ".join(changed) if changed else "none, all up to date"))
+    dirty = subprocess.run(["git", "status", "--porcelain", "--", *RESULT_FILES], cwd=project,
+                           capture_output=True, text=True)
+    if dirty.returncode == 0 and dirty.stdout.strip():
+        lines.append("to record this run: git add params.yaml dvc.lock metrics && git commit")
+    return lines
+
+
+def parser() -> argparse.ArgumentParser:
+    top = argparse.ArgumentParser(
+        prog="python -m pipeline",
+        description="Run the DVC pipeline as Prefect flows. Without PREFECT_API_URL the project's own "
+                    "Prefect server is started in the background on first use (stop: server-stop).")
+    commands = top.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    devices = ("auto", "cpu", "cuda", "mps")
+    run = commands.add_parser(
+        "run", help="run the pipeline (`dvc repro`) as the train-pipeline flow",
+        description="Run `dvc repro` as the train-pipeline flow: DVC reruns what changed, restores what its "
+                    "cache holds and skips the rest; the run then checks `dvc status` is clean and prints "
+                    "the test scores, the model's sha256 and the stages that ran. Exit status: 0 done; "
+                    "the failed stage's own status (2: bad input) when a stage failed; 1 otherwise.")
+    run.add_argument("--project", default=".", help="project folder holding dvc.yaml (default: %(default)s)")
+    run.add_argument("--device", choices=devices, default=None,
+                     help="set params.yaml's train.device first (default: leave params.yaml as it is)")
+    run.add_argument("--target", default=None, help="stop after this stage, like `dvc repro STAGE`")
+    retrain = commands.add_parser(
+        "retrain", help="retrain a branch in its own workspace; promote only if as good as the champion",
+        description="Retrain BASE in a git worktree of its own and judge the new model against the champion "
+                    "committed at BASE; a model at least as good is committed on a retrain/<UTC> branch.")
+    retrain.add_argument("--repo", default=".", help="git repo (folder or URL) to retrain (default: %(default)s)")
+    retrain.add_argument("--base", default="main", help="branch holding the champion (default: %(default)s)")
+    retrain.add_argument("--device", choices=devices, default=None,
+                         help="the device class to train on (default: what BASE's params.yaml says)")
+    commands.add_parser("server-stop", help="stop the project's local Prefect server, if it runs",
+                        description="Stop the Prefect server `run` and `retrain` started in the background.")
+    return top
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m pipeline", description=__doc__.splitlines()[0])
-    commands = parser.add_subparsers(dest="command", required=True)
-    run = commands.add_parser("run", help="run the DVC pipeline as the train_pipeline flow")
-    run.add_argument("--project", default=".", help="project folder holding dvc.yaml (default: %(default)s)")
-    run.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
-    run.add_argument("--target", default=None, help="stop after this stage, like `dvc repro STAGE`")
-    retrain = commands.add_parser("retrain", help="retrain a branch in its own workspace; promote if as good")
-    retrain.add_argument("--repo", default=".", help="git repo (folder or URL) to retrain (default: %(default)s)")
-    retrain.add_argument("--base", default="main", help="branch holding the champion (default: %(default)s)")
-    retrain.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
-    args = parser.parse_args(argv)
-
+    args = parser().parse_args(argv)
     # The Prefect home lives in the project the command is about (a retrain of a URL: here).
-    local_project = args.project if args.command == "run" else (args.repo if "://" not in args.repo else ".")
-    embedded_settings(Path(local_project).resolve())
-    check_server()
+    local = args.project if args.command == "run" else getattr(args, "repo", ".")
+    project = Path(local if "://" not in local else ".").resolve()
+    if args.command == "server-stop":
+        from pipeline.local_server import stop_server
+
+        stopped = stop_server(Path(os.environ.get("PREFECT_HOME", project / ".prefect")))
+        say(f"stopped the local Prefect server at {stopped}" if stopped else "no local Prefect server was running")
+        return 0
+
+    local = connect(project)
     from pipeline.device import DeviceError
-    from pipeline.stages import PipelineError
+    from pipeline.stages import PipelineError, StageFailed
 
     try:
-        if args.command == "run":
-            from pipeline.flows import train_pipeline
-
-            train_pipeline(project_dir=args.project, device=args.device, target=args.target)
-        else:
-            from pipeline.retrain import RetrainError, retrain
-
-            try:
-                result = retrain(repo=args.repo, base=args.base, device=args.device)
-            except RetrainError as error:
-                print(f"error: {error}", file=sys.stderr)
-                return 1
-            print(result["result"] + (f": {result['branch']}" if result["branch"] else ""))
+        with without_heartbeats() if local else nullcontext():
+            return run_command(args, project)
+    except StageFailed as error:
+        say(f"error: {error}")
+        return error.exit_code if 0 < error.exit_code < 256 else 1
     except (PipelineError, DeviceError) as error:
-        print(f"error: {error}", file=sys.stderr)
+        say(f"error: {error}")
         return 1
+
+
+def run_command(args: argparse.Namespace, project: Path) -> int:
+    if args.command == "run":
+        from pipeline.flows import train_pipeline
+
+        summary = train_pipeline(project_dir=str(project), device=args.device, target=args.target)
+        print("\n".join(produced(summary, project)))
+        return 0
+    from pipeline.retrain import RetrainError, retrain
+
+    try:
+        result = retrain(repo=args.repo, base=args.base, device=args.device)
+    except RetrainError as error:
+        say(f"error: {error}")
+        return 1
+    print(result["result"] + (f": {result['branch']}" if result["branch"] else ""))
     return 0
 
 

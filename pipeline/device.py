@@ -1,30 +1,28 @@
-"""The device class a run pins the train stage to, kept in device.yaml.
+"""The one device knob: params.yaml's `train.device`.
 
-dvc.yaml reads device.yaml through `vars` and puts the class on the train stage's command
-line (`--device ${device}`), so the class is part of the stage as dvc.lock records it: a
-model trained on one class never satisfies the cache of another. `auto` pins nothing and
-defers to params.yaml's `train.device`, which is what a plain `dvc repro` does.
+The train stage depends on the `train` params, so the class is part of DVC's cache key: a
+model trained on `cpu` never satisfies a run that asks for `cuda`. `auto` (cuda when there
+is one, else cpu) is decided when the stage runs, so a model cached under `auto` on one
+machine also satisfies `auto` on another; the model card's `trained_on` says which it was.
+
+Only an explicit request changes the file (`make run DEVICE=cuda`, a work pool's deployment
+in its own retrain workspace); a plain run never writes a tracked file. The edit goes through
+ruamel.yaml's round trip, as `dvc exp run -S` does, so comments and layout stay.
 """
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 
-import yaml
+from ruamel.yaml import YAML
 
-DEVICE_FILE = "device.yaml"
-DEVICE_CLASSES = ("auto", "cpu", "cuda")
-
-_TEMPLATE = """\
-# The device class the train stage is pinned to: auto | cpu | cuda. Written by the Prefect flows
-# (`make run DEVICE=cuda`, the gpu work pool's deployment); dvc.yaml passes it to the train stage,
-# so changing it retrains. auto defers to params.yaml's train.device.
-device: {device}
-"""
+DEVICE_CLASSES = ("auto", "cpu", "cuda", "mps")
+PARAMS_FILE = "params.yaml"
 
 
 class DeviceError(ValueError):
-    """An unknown device class, or a device.yaml that cannot be read."""
+    """An unknown device class, or a params.yaml without a `train` section."""
 
 
 def check_device(device: str) -> str:
@@ -33,28 +31,20 @@ def check_device(device: str) -> str:
     return device
 
 
-def pinned_device(project: Path) -> str | None:
-    """The class device.yaml pins now, or None when the project has no device.yaml."""
-    path = Path(project) / DEVICE_FILE
-    if not path.exists():
-        return None
-    try:
-        document = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as error:
-        raise DeviceError(f"{path}: not valid YAML: {error}") from None
-    if not isinstance(document, dict) or "device" not in document:
-        raise DeviceError(f"{path}: expected a `device:` key")
-    return str(document["device"])
-
-
-def pin_device(project: Path, device: str) -> bool:
-    """Make device.yaml say `device`; returns whether the file changed (and so the train stage)."""
+def set_device(project: Path, device: str) -> bool:
+    """Make params.yaml's train.device say `device`; returns whether the file changed."""
     check_device(device)
-    if pinned_device(project) == device:
+    path = Path(project) / PARAMS_FILE
+    yaml = YAML()
+    yaml.default_flow_style = False  # DVC's settings for `dvc exp run -S`
+    params = yaml.load(path.read_text(encoding="utf-8"))
+    train = params.get("train") if params else None
+    if train is None:
+        raise DeviceError(f"{path}: no `train` section to set train.device in")
+    if train.get("device") == device:
         return False  # untouched: an unchanged file keeps `git status` clean
-    if not (Path(project) / DEVICE_FILE).exists():
-        if device == "auto":
-            return False  # nothing to pin, nothing to undo
-        raise DeviceError(f"{Path(project) / DEVICE_FILE} is missing, so the train stage cannot be pinned to {device}")
-    (Path(project) / DEVICE_FILE).write_text(_TEMPLATE.format(device=device), encoding="utf-8")
+    train["device"] = device
+    text = io.StringIO()
+    yaml.dump(params, text)
+    path.write_text(text.getvalue(), encoding="utf-8")
     return True

@@ -1,60 +1,58 @@
-"""`train_pipeline`: the DVC stages as Prefect tasks, in dvc.yaml's order.
+"""`train_pipeline`: the DVC pipeline as a Prefect flow.
 
-DVC decides what is stale; Prefect gives each stage a task run, its logs, retries and a
-timeout. One `dvc status` call up front finds the changed stages, so a fully cached pipeline
-costs one DVC start-up rather than one per stage: a stage is handed to
-`dvc repro --single-item` only if DVC reported it changed or a stage it reads from ran.
+DVC decides what runs: one `dvc repro` walks the graph, reruns what changed, restores what
+its run-cache holds and skips the rest; the flow reads each stage's outcome from DVC's own
+output and never re-derives it. Then `dvc status` must come back clean, or the run fails
+naming what is stale. Prefect gives the run its task runs, logs, retries and artifacts.
 """
 
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
 
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
-from prefect.tasks import exponential_backoff
 
-from pipeline.device import check_device, pin_device
+from pipeline.device import set_device
 from pipeline.stages import (
-    RAN,
-    SKIPPED,
+    CHANGED,
+    PipelineError,
+    StageFailed,
     StageResult,
-    changed_stages,
+    is_git_hint,
     metrics_paths,
-    read_stage_graph,
-    run_stage,
-    stage_order,
-    stages_until,
+    repro,
 )
 
-# The model card the save stage writes (dvc.yaml's save outs); read for its sha256.
+# The model and its card as the save stage writes them (dvc.yaml's save outs).
+MODEL_PATH = "models/model.pth"
 MODEL_CARD = "models/model.json"
-# The stage that fetches data is the one worth retrying: its failures are the network's.
-RETRIED_STAGES = {"download": 3}
+# The stage whose failures are the network's, and so worth a retry of the run.
+RETRIED_STAGE, RETRIES = "download", 3
 
 
-@task(cache_policy=NO_CACHE)
-def dvc_stage(project_dir: str, stage: str, must_run: bool, timeout_s: float) -> StageResult:
+def retry_when_the_network_failed(task, task_run, state) -> bool:
+    error = state.result(raise_on_failure=False)
+    return isinstance(error, StageFailed) and error.stage == RETRIED_STAGE
+
+
+@task(name="dvc-repro", cache_policy=NO_CACHE, retries=RETRIES, retry_delay_seconds=[2, 8, 30],
+      retry_condition_fn=retry_when_the_network_failed)
+def dvc_repro(project_dir: str, target: str | None, timeout_s: float) -> list[StageResult]:
+    """`dvc repro`, then `dvc status`: a run whose results do not match the pipeline fails."""
     logger = get_run_logger()
-    if not must_run:
-        logger.info("%s: unchanged according to dvc status, skipped", stage)
-        return StageResult(stage, SKIPPED, "unchanged")
-    started = time.perf_counter()
-    outcome, reason = run_stage(Path(project_dir), stage, lambda line: logger.info("%s", line), timeout_s)
-    seconds = time.perf_counter() - started
-    logger.info("%s: %s (%s) in %.1f s", stage, outcome, reason, seconds)
-    return StageResult(stage, outcome, reason, seconds)
 
+    def log_line(line: str) -> None:
+        if line.strip() and not is_git_hint(line):
+            logger.info("%s", line)
 
-def stage_task(stage: str):
-    retries = RETRIED_STAGES.get(stage, 0)
-    return dvc_stage.with_options(
-        name=f"stage-{stage}", task_run_name=stage, retries=retries,
-        retry_delay_seconds=exponential_backoff(backoff_factor=2)(retries) if retries else 0,
-    )
+    run = repro(Path(project_dir), log_line, timeout_s, target)
+    if run.stale:
+        raise PipelineError(f"after `dvc repro`, `dvc status` still reports {', '.join(run.stale)} as not up to "
+                            "date: the results on disk do not match the pipeline")
+    return run.stages
 
 
 def read_json(path: Path) -> dict | None:
@@ -70,47 +68,31 @@ def metrics_rows(metrics: dict, prefix: str = "") -> list[dict]:
     return rows
 
 
-def run_report(results: list[StageResult], metrics: dict | None, card: dict | None, device: str) -> str:
-    lines = ["# Pipeline run", "", f"Device class: `{device}`", "", "| stage | outcome | why | seconds |",
-             "|---|---|---|---|"]
-    lines += [f"| {r.name} | **{r.outcome}** | {r.reason} | {r.seconds:.1f} |" for r in results]
+def run_report(results: list[StageResult], metrics: dict | None, card: dict | None) -> str:
+    lines = ["# Pipeline run", "", "| stage | outcome | DVC's reason |", "|---|---|---|"]
+    lines += [f"| {r.name} | **{r.outcome}** | {r.reason} |" for r in results]
     if metrics is not None:
         lines += ["", "## Metrics", "", "| metric | value |", "|---|---|"]
         lines += [f"| {row['metric']} | {row['value']} |" for row in metrics_rows(metrics)]
     if card is not None:
-        lines += ["", f"Model: `{card.get('file', 'model.pth')}` sha256 `{card.get('sha256')}`, "
-                      f"trained on `{card.get('trained_on')}`"]
+        lines += ["", f"Model: `{MODEL_PATH}` sha256 `{card.get('sha256')}`, trained on `{card.get('trained_on')}`"]
     return "\n".join(lines) + "\n"
 
 
 @flow(name="train-pipeline")
-def train_pipeline(project_dir: str = ".", device: str = "auto", target: str | None = None,
-                   stage_timeout_s: float = 3600.0) -> dict:
-    """Run the DVC pipeline in `project_dir`, stage by stage; only what changed reruns.
+def train_pipeline(project_dir: str = ".", device: str | None = None, target: str | None = None,
+                   timeout_s: float = 3600.0) -> dict:
+    """Run `dvc repro` in `project_dir`: DVC reruns what changed; the run ends checked by `dvc status`.
 
-    device: auto | cpu | cuda, pinned for the train stage through device.yaml.
+    device: None keeps params.yaml's `train.device`; auto | cpu | cuda | mps sets it there first.
     target: stop after this stage (and what it needs), like `dvc repro <target>`.
     """
     logger = get_run_logger()
     project = Path(project_dir).resolve()
-    check_device(device)
-    graph = read_stage_graph(project)
-    stages = stages_until(stage_order(graph), graph, target)
-    if pin_device(project, device):
-        logger.info("device.yaml now pins the train stage to %s", device)
+    if device is not None and set_device(project, device):
+        logger.info("params.yaml: train.device is now %s", device)
 
-    changed = changed_stages(project)
-    logger.info("dvc status: %s", ", ".join(sorted(changed)) or "everything up to date")
-    results: list[StageResult] = []
-    ran: set[str] = set()
-    for stage in stages:
-        # A stage reading a rerun stage's outs may now be stale although `dvc status` said
-        # it was not; DVC itself decides then, and skips it if the outs came out the same.
-        must_run = stage in changed or bool(graph[stage] & ran)
-        result = stage_task(stage)(str(project), stage, must_run, stage_timeout_s)
-        results.append(result)
-        if result.outcome == RAN:
-            ran.add(stage)
+    results = dvc_repro(str(project), target, timeout_s)
 
     metrics_files = [project / path for path in metrics_paths(project)]
     metrics = read_json(metrics_files[0]) if metrics_files else None
@@ -118,11 +100,13 @@ def train_pipeline(project_dir: str = ".", device: str = "auto", target: str | N
     if metrics is not None:
         create_table_artifact(key="metrics", table=metrics_rows(metrics),
                               description=f"{metrics_files[0].relative_to(project)} after this run")
-    create_markdown_artifact(key="pipeline-run", markdown=run_report(results, metrics, card, device),
-                             description="stages ran or skipped, metrics, model sha256")
+    create_markdown_artifact(key="pipeline-run", markdown=run_report(results, metrics, card),
+                             description="what DVC did to each stage, the metrics, the model's sha256")
     summary = {
         "stages": {r.name: r.outcome for r in results},
+        "changed": [r.name for r in results if r.outcome in CHANGED],
         "metrics": metrics,
+        "model_path": MODEL_PATH,
         "model_sha256": (card or {}).get("sha256"),
     }
     logger.info("stages: %s", ", ".join(f"{name} {outcome}" for name, outcome in summary["stages"].items()))

@@ -2,10 +2,10 @@
 only if it is at least as good as the champion committed at that branch.
 
 The workspace is a fresh `git worktree` (a clone, when `repo` is a URL) in a unique folder, so
-the user's checkout is never touched and two retrains never share a DVC workspace. Cached
-outputs come from the DVC remote when one is configured (`dvc pull`), and otherwise from the
-repo's own DVC cache, shared through the worktree's `.dvc/config.local`: with either, an
-unchanged pipeline is restored by `dvc checkout` and nothing trains.
+the user's checkout is never touched and two retrains never share a DVC workspace. A worktree
+of a local repo shares that repo's DVC cache (through its `.dvc/config.local`); a clone of a
+URL starts with an empty cache. Either way, outputs are pulled from the DVC remote when one
+is configured. Then `dvc repro` decides: what the cache holds is restored, the rest reruns.
 """
 
 from __future__ import annotations
@@ -25,11 +25,11 @@ from prefect.artifacts import create_markdown_artifact
 
 from classifier.compare import REGRESSED, at_least_as_good, compare_metrics
 from classifier.params import CompareParams
-from pipeline.device import DEVICE_FILE, check_device
+from pipeline.device import PARAMS_FILE, check_device
 from pipeline.flows import train_pipeline
-from pipeline.stages import RAN, lock_md5, metrics_paths, stage_env
+from pipeline.stages import lock_md5, metrics_paths, stage_env
 
-NO_CHANGE = "no change, champion kept"
+NO_CHANGE = "no change: DVC reran and restored nothing, champion kept"
 SAME_MODEL = "no change: the retrained model is byte-identical to the champion, champion kept"
 # The published model, as dvc.lock records it: equal hashes mean nothing worth a branch.
 MODEL_OUT = "models/model.pth"
@@ -154,7 +154,7 @@ def promote(workspace: Path, repo_is_url: bool, metrics_dir: str, pushed_to_remo
     if branch in existing:
         branch = f"{branch}-{uuid.uuid4().hex[:6]}"
     git(workspace, "switch", "--quiet", "-c", branch)
-    paths = ["dvc.lock", metrics_dir] + ([DEVICE_FILE] if (workspace / DEVICE_FILE).exists() else [])
+    paths = ["dvc.lock", PARAMS_FILE, metrics_dir]
     git(workspace, "add", "--", *paths)
     git(workspace, "-c", "user.name=classifier retrain", "-c", "user.email=retrain@localhost",
         "commit", "--quiet", "--allow-empty", "-m", f"Retrain: new model at least as good as the champion ({branch})")
@@ -166,19 +166,24 @@ def promote(workspace: Path, repo_is_url: bool, metrics_dir: str, pushed_to_remo
 
 
 @flow(name="retrain")
-def retrain(repo: str = ".", base: str = "main", device: str = "auto", workspace_root: str | None = None,
-            stage_timeout_s: float = 3600.0) -> dict:
-    """Retrain `base` in a workspace of its own; promote only a model at least as good as the champion."""
+def retrain(repo: str = ".", base: str = "main", device: str | None = None, workspace_root: str | None = None,
+            timeout_s: float = 3600.0) -> dict:
+    """Retrain `base` in a workspace of its own; promote only a model at least as good as the champion.
+
+    device: the class to train on, set in the workspace's params.yaml (and so committed with a
+    promotion); None keeps what `base` says.
+    """
     logger = get_run_logger()
-    check_device(device)
+    if device is not None:
+        check_device(device)
     root = Path(workspace_root) if workspace_root else Path(tempfile.gettempdir())
     root.mkdir(parents=True, exist_ok=True)
     workspace, local_repo = open_workspace(repo, base, root)
     logger.info("workspace %s at %s", workspace, base)
     try:
         restore_outputs(workspace, local_repo, logger)
-        run = train_pipeline(project_dir=str(workspace), device=device, stage_timeout_s=stage_timeout_s)
-        if not any(outcome == RAN for outcome in run["stages"].values()):
+        run = train_pipeline(project_dir=str(workspace), device=device, timeout_s=timeout_s)
+        if not run["changed"]:
             logger.info(NO_CHANGE)
             return {"result": NO_CHANGE, "branch": None, "stages": run["stages"]}
         if same_model_as_champion(workspace, base):

@@ -1,5 +1,9 @@
-"""The DVC side of the flows: the stage order from dvc.yaml, what `dvc status` says changed,
-and one stage run as `dvc repro --single-item <stage>` in its own process group.
+"""The DVC side of the flows: one `dvc repro` in its own process group, each stage's outcome
+read from DVC's own words, and a `dvc status` that must come back clean.
+
+DVC decides what runs: it walks its graph, reruns what changed, restores what its run-cache
+holds and skips the rest. This module only reports what DVC said, and fails closed: a stage
+whose outcome it cannot read counts as changed, never as skipped.
 
 No Prefect and no torch here: the flows hand in a `log_line` callable, so this module can be
 driven (and tested) on its own.
@@ -9,38 +13,65 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
 import threading
-from collections import deque
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
 
-RAN, SKIPPED = "ran", "skipped"
+from pipeline.dvc_run import STATUS_MARKER
+
+DVC_RUN = Path(__file__).with_name("dvc_run.py")
+
+RAN, RESTORED, SKIPPED = "ran", "restored", "skipped"
+CHANGED = frozenset({RAN, RESTORED})
 # How many trailing output lines a failed stage's error message carries.
 TAIL_LINES = 20
-# After SIGTERM, how long a timed-out stage's process group gets before SIGKILL.
+# After SIGTERM, how long a timed-out run's process group gets before SIGKILL.
 KILL_GRACE_S = 5.0
+
+# DVC 3's log lines, one outcome each (dvc/stage/__init__.py, run.py, cache.py).
+_OUTCOME_LINES = [
+    (re.compile(r"^Running stage '(?P<stage>[^']+)':"), RAN, "re-executed"),
+    (re.compile(r"^Stage '(?P<stage>[^']+)' is cached - skipping run"), RESTORED, "restored from the run-cache"),
+    (re.compile(r"^(?:Stage )?'(?P<stage>[^']+)' didn't change, skipping"), SKIPPED, "up to date"),
+]
+_FAILED_STAGE = re.compile(r"failed to reproduce '(?P<stage>[^']+)'")
+_COMMAND_EXIT = re.compile(r"exited with (?P<code>-?\d+)")
+# DVC's advice after a run (`git add dvc.lock ...`, autostage, `dvc push`): the flow says
+# once, at the end, what to commit.
+_GIT_HINTS = ("To track the changes with git", "\tgit add ", "To enable auto staging", "\tdvc config core.autostage",
+              "Use `dvc push` to send")
 
 
 class PipelineError(Exception):
-    """A problem with the pipeline's definition or a stage run; the message is meant for the user."""
+    """A problem with the pipeline's definition or its run; the message is meant for the user."""
+
+
+class StageFailed(PipelineError):
+    """A stage's command failed: `exit_code` is the command's own status when DVC reported it."""
+
+    def __init__(self, stage: str | None, exit_code: int, message: str):
+        super().__init__(message)
+        self.stage = stage
+        self.exit_code = exit_code
 
 
 @dataclass(frozen=True)
 class StageResult:
     name: str
-    outcome: str          # RAN or SKIPPED
-    reason: str           # why, in words: "unchanged (dvc status)", "re-executed", ...
-    seconds: float = 0.0
+    outcome: str          # RAN, RESTORED or SKIPPED
+    reason: str           # DVC's word for it: "re-executed", "restored from the run-cache", ...
 
 
 def stage_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
-    """The environment of a stage process: this interpreter's bin first, since dvc.yaml's cmds call `python`."""
+    """The environment of a DVC or git subprocess: this interpreter's bin first, since
+    dvc.yaml's cmds call `python`; DVC's analytics off (offline they only fail)."""
     env = dict(os.environ)
     env["PATH"] = os.path.dirname(sys.executable) + os.pathsep + env.get("PATH", "")
     env["DVC_NO_ANALYTICS"] = "1"
@@ -56,12 +87,7 @@ def _paths(entries) -> list[str]:
     return [str(path).rstrip("/") for path in paths]
 
 
-def _overlaps(dep: str, out: str) -> bool:
-    return dep == out or dep.startswith(out + "/") or out.startswith(dep + "/")
-
-
-def read_stage_graph(project: Path) -> dict[str, set[str]]:
-    """Each stage of dvc.yaml mapped to the stages it reads from, in dvc.yaml's order."""
+def read_dvc_yaml(project: Path) -> dict:
     dvc_yaml = Path(project) / "dvc.yaml"
     try:
         document = yaml.safe_load(dvc_yaml.read_text(encoding="utf-8"))
@@ -69,76 +95,49 @@ def read_stage_graph(project: Path) -> dict[str, set[str]]:
         raise PipelineError(f"{dvc_yaml}: no dvc.yaml here; run from the project's root or pass its folder") from None
     except yaml.YAMLError as error:
         raise PipelineError(f"{dvc_yaml}: not valid YAML: {error}") from None
-    stages = (document or {}).get("stages") if isinstance(document, dict) else None
+    stages = document.get("stages") if isinstance(document, dict) else None
     if not isinstance(stages, dict) or not stages:
         raise PipelineError(f"{dvc_yaml}: has no `stages` mapping")
-    outs = {}
-    for name, stage in stages.items():
-        if not isinstance(stage, dict) or "cmd" not in stage:
-            raise PipelineError(f"{dvc_yaml}: stage {name!r} has no `cmd` (foreach/matrix stages are not supported)")
-        outs[name] = _paths(stage.get("outs")) + _paths(stage.get("metrics")) + _paths(stage.get("plots"))
-    return {
-        name: {
-            producer
-            for dep in _paths(stage.get("deps"))
-            for producer, produced in outs.items()
-            if producer != name and any(_overlaps(dep, out) for out in produced)
-        }
-        for name, stage in stages.items()
-    }
+    return document
 
 
-def stage_order(graph: Mapping[str, set[str]]) -> list[str]:
-    """A topological order of the graph; among stages that are ready, dvc.yaml's order wins."""
-    order, done = [], set()
-    while len(order) < len(graph):
-        ready = [name for name in graph if name not in done and graph[name] <= done]
-        if not ready:
-            cycle = sorted(set(graph) - done)
-            raise PipelineError(f"dvc.yaml: the stages {cycle} depend on each other in a cycle")
-        order.append(ready[0])
-        done.add(ready[0])
-    return order
+def stage_names(project: Path) -> list[str]:
+    """The stages dvc.yaml defines, in its order (the order DVC runs them in here)."""
+    return list(read_dvc_yaml(project)["stages"])
 
 
-def stages_until(order: list[str], graph: Mapping[str, set[str]], target: str | None) -> list[str]:
-    """The stages `dvc repro <target>` would consider: the target and everything upstream of it."""
-    if target is None:
-        return order
-    if target not in graph:
-        raise PipelineError(f"unknown stage {target!r}; dvc.yaml has: {', '.join(order)}")
-    needed, pending = set(), [target]
-    while pending:
-        name = pending.pop()
-        if name not in needed:
-            needed.add(name)
-            pending.extend(graph[name])
-    return [name for name in order if name in needed]
+def metrics_paths(project: Path) -> list[str]:
+    """The files dvc.yaml declares as `metrics:` (metrics/metrics.json here)."""
+    return [path for stage in read_dvc_yaml(project)["stages"].values() for path in _paths(stage.get("metrics"))]
 
 
-def changed_stages(project: Path, timeout_s: float = 300.0) -> set[str]:
-    """Stages `dvc status` reports as changed: one DVC start-up for the whole pipeline."""
-    try:
-        result = subprocess.run(
-            [sys.executable, "-m", "dvc", "status", "--json"], cwd=project, env=stage_env(),
-            capture_output=True, text=True, timeout=timeout_s,
-        )
-    except subprocess.TimeoutExpired:
-        raise PipelineError(f"`dvc status` in {project} took more than {timeout_s:.0f} s") from None
-    if result.returncode != 0:
-        raise PipelineError(f"`dvc status` failed in {project} (exit {result.returncode}):\n{result.stderr.strip()}")
-    # DVC may print warnings before the JSON; the JSON object is the last line.
-    lines = [line for line in result.stdout.splitlines() if line.strip()]
-    try:
-        status = json.loads(lines[-1]) if lines else {}
-    except json.JSONDecodeError:
-        raise PipelineError(f"`dvc status --json` printed something that is not JSON:\n{result.stdout}") from None
-    # Keys are stage names, or `dvc.yaml:stage` in some layouts.
-    return {key.rsplit(":", 1)[-1] for key in status}
+def outcomes(lines: Iterable[str], expected: Iterable[str] = ()) -> list[StageResult]:
+    """Each stage's outcome in DVC's output, in the order DVC first named them.
+
+    A stage counts as skipped only when DVC said it didn't change; a stage in `expected` that
+    DVC never named counts as ran, so an unfamiliar wording can never hide a change.
+    """
+    found: dict[str, StageResult] = {}
+    rank = {SKIPPED: 0, RESTORED: 1, RAN: 2}
+    for line in lines:
+        for pattern, outcome, reason in _OUTCOME_LINES:
+            match = pattern.match(line.strip())
+            if match:
+                stage = match["stage"]
+                # One run can say two things of a stage (cached, then re-run): the stronger wins.
+                if stage not in found or rank[outcome] > rank[found[stage].outcome]:
+                    found[stage] = StageResult(stage, outcome, reason)
+    for stage in expected:
+        found.setdefault(stage, StageResult(stage, RAN, "not named in DVC's output, so counted as changed"))
+    return list(found.values())
+
+
+def is_git_hint(line: str) -> bool:
+    return line.startswith(_GIT_HINTS)
 
 
 def _kill_group(process: subprocess.Popen) -> None:
-    """SIGTERM the stage's whole process group (dvc and the python it started), then SIGKILL."""
+    """SIGTERM the run's whole process group (dvc and the python it started), then SIGKILL."""
     for sig, wait_s in ((signal.SIGTERM, KILL_GRACE_S), (signal.SIGKILL, None)):
         try:
             os.killpg(process.pid, sig)
@@ -152,66 +151,98 @@ def _kill_group(process: subprocess.Popen) -> None:
     process.wait()
 
 
-def outcome_of(stage: str, lines: list[str]) -> tuple[str, str]:
-    """Read DVC's own words: did it run the stage's command, or skip it?"""
-    for line in lines:
-        if f"Running stage '{stage}'" in line:
-            return RAN, "re-executed"
-        if f"Stage '{stage}' is cached" in line:
-            return SKIPPED, "restored from the run-cache"
-        if f"Stage '{stage}' didn't change" in line:
-            return SKIPPED, "unchanged"
-    return SKIPPED, "dvc reported nothing to do"
+def stream(args: list[str], project: Path, log_line: Callable[[str], None], timeout_s: float,
+           what: str, extra_env: Mapping[str, str] | None = None) -> tuple[int, list[str]]:
+    """Run `args` in `project` in a session of its own, handing each output line to `log_line`.
 
-
-def run_stage(project: Path, stage: str, log_line: Callable[[str], None], timeout_s: float,
-              extra_env: Mapping[str, str] | None = None) -> tuple[str, str]:
-    """`dvc repro --single-item <stage>`: stream its output to `log_line`; return (outcome, reason).
-
-    The process gets its own session, so a timeout kills DVC and the stage command it started
-    together instead of leaving a training process behind.
+    This function enforces `timeout_s`: on expiry, or when the caller is cancelled, it kills the
+    whole process group, so no training process outlives the run.
     """
     process = subprocess.Popen(
-        [sys.executable, "-m", "dvc", "repro", "--single-item", stage],
-        cwd=project, env=stage_env(extra_env), stdin=subprocess.DEVNULL,
+        args, cwd=project, env=stage_env(extra_env), stdin=subprocess.DEVNULL,
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1,
         start_new_session=True,
     )
     lines: list[str] = []
-    tail: deque[str] = deque(maxlen=TAIL_LINES)
 
     def pump() -> None:
         for raw in process.stdout:
             line = raw.rstrip("\n")
             lines.append(line)
-            tail.append(line)
             log_line(line)
 
-    reader = threading.Thread(target=pump, name=f"dvc-{stage}-output", daemon=True)
+    reader = threading.Thread(target=pump, name="dvc-output", daemon=True)
     reader.start()
     try:
         returncode = process.wait(timeout=timeout_s)
     except subprocess.TimeoutExpired:
         _kill_group(process)
         reader.join(timeout=KILL_GRACE_S)
-        raise PipelineError(
-            f"stage {stage!r} ran past its timeout of {timeout_s:g} s and was killed; last lines:\n"
-            + "\n".join(tail)
-        ) from None
+        raise PipelineError(f"{what} ran past its timeout of {timeout_s:g} s and was killed; last lines:\n"
+                            + "\n".join(lines[-TAIL_LINES:])) from None
     except BaseException:
-        # Cancelled or interrupted: never leave the stage's processes running.
         _kill_group(process)
         raise
     reader.join()
+    return returncode, lines
+
+
+def failure(returncode: int, lines: list[str]) -> StageFailed:
+    """The error for a failed `dvc repro`: which stage, its command's exit status, its last lines."""
+    failed = next((m["stage"] for line in reversed(lines) if (m := _FAILED_STAGE.search(line))), None)
+    code = next((int(m["code"]) for line in reversed(lines) if (m := _COMMAND_EXIT.search(line))), returncode)
+    # The stage's own words: what it printed after DVC announced it, without DVC's summary.
+    start = max((i for i, line in enumerate(lines) if failed and line.startswith(f"Running stage '{failed}'")),
+                default=0)
+    own = [line for line in lines[start + 1:] if line.strip() and not line.startswith(("ERROR:", "> "))]
+    what = f"stage {failed!r}" if failed else "dvc repro"
+    return StageFailed(failed, code, f"{what} failed (exit {code}):\n" + "\n".join(own[-TAIL_LINES:] or lines[-TAIL_LINES:]))
+
+
+def parse_status(lines: list[str]) -> list[str]:
+    """The stages `dvc status --json` lists as not up to date (empty when all is well)."""
+    # DVC may print warnings before the JSON; the JSON object is the last line.
+    printed = [line for line in lines if line.strip()]
+    try:
+        status = json.loads(printed[-1]) if printed else None
+    except json.JSONDecodeError:
+        status = None
+    if not isinstance(status, dict):
+        raise PipelineError("`dvc status --json` printed something that is not a JSON object:\n" + "\n".join(lines))
+    return sorted(status)
+
+
+@dataclass(frozen=True)
+class Run:
+    stages: list[StageResult]   # what DVC did to each stage
+    stale: list[str]            # what `dvc status` still reports afterwards
+
+
+def repro(project: Path, log_line: Callable[[str], None], timeout_s: float, target: str | None = None,
+          extra_env: Mapping[str, str] | None = None) -> Run:
+    """`dvc repro [target]` then `dvc status`: DVC decides every stage; returns what it did and what is stale."""
+    # By path, not `-m`: the project's folder comes first on `-m`'s path, and the revision
+    # checked out there (an old base, in a retrain) may not have this module.
+    args = [sys.executable, str(DVC_RUN), *([target] if target else [])]
+
+    status_begun = False
+
+    def log_repro_line(line: str) -> None:
+        nonlocal status_begun  # the status JSON is read below, not logged
+        status_begun = status_begun or line == STATUS_MARKER
+        if not status_begun:
+            log_line(line)
+
+    returncode, lines = stream(args, project, log_repro_line, timeout_s, "dvc repro", extra_env)
+    if STATUS_MARKER not in lines:
+        raise failure(returncode, lines) if returncode != 0 else PipelineError(
+            "`dvc repro` ended without reaching `dvc status`; its output:\n" + "\n".join(lines[-TAIL_LINES:]))
+    split = lines.index(STATUS_MARKER)
     if returncode != 0:
-        raise PipelineError(f"stage {stage!r} failed (exit {returncode}); last lines:\n" + "\n".join(tail))
-    return outcome_of(stage, lines)
-
-
-def metrics_paths(project: Path) -> list[str]:
-    """The files dvc.yaml declares as `metrics:` (metrics/metrics.json here)."""
-    document = yaml.safe_load((Path(project) / "dvc.yaml").read_text(encoding="utf-8"))
-    return [path for stage in document["stages"].values() for path in _paths(stage.get("metrics"))]
+        raise PipelineError(f"`dvc status` failed (exit {returncode}):\n" + "\n".join(lines[split + 1:]))
+    # A whole-pipeline run must name every stage; for a target, DVC alone knows its upstream.
+    stages = outcomes(lines[:split], expected=() if target else stage_names(project))
+    return Run(stages, parse_status(lines[split + 1:]))
 
 
 def lock_md5(lock: Mapping | None, path: str) -> str | None:

@@ -1,19 +1,19 @@
 """Stage `train`: fit the MLP on the prepared train split, validating after every epoch.
 
-    python -m classifier.train data/prepared models/checkpoint.pt models/candidate.pth \
-        models/candidate.json metrics/history.csv --resume-dir .cache/train-resume
+    python -m classifier.train data/prepared models/candidate.pth models/candidate.json \
+        metrics/history.csv --resume-dir .cache/train-resume
 
-Deterministic on a given machine: weights from `seed`, shuffle order from a generator
-seeded with `seed + epoch`. Writes a full checkpoint (model, optimizer, epoch, RNG states,
-history), the per-epoch history that `dvc plots` draws, and the candidate model: its
-state_dict serialised exactly as save will publish it, and a JSON of the facts its model
-card needs, so that evaluate and save read small files and save never imports torch.
+Deterministic on a given machine (same CPU, thread count and torch build): weights from
+`seed`, shuffle order from a generator seeded with `seed + epoch`. Writes the per-epoch
+history that `dvc plots` draws, and the candidate model: its state_dict serialised exactly
+as save will publish it, and a JSON of the facts its model card needs, so that evaluate and
+save read small files and save never imports torch. The device is `train.device`.
 
-Every `train.checkpoint_every` epochs the same state goes to a resume file in the resume
-folder, named by a hash of everything the result depends on (params, prepared data,
-training code, device). DVC deletes the stage's outputs before it runs, but not that
-folder: an interrupted run restarts from its last resume file and, on the CPU, ends with
-the same bytes as an uninterrupted one.
+Every `train.checkpoint_every` epochs the full training state (model, optimizer, epoch, RNG
+states, history) goes to a resume file in the resume folder, named by a hash of everything
+the result depends on (params, prepared data, training code, device). DVC deletes the
+stage's outputs before it runs, but not that folder: an interrupted run restarts from its
+last resume file and, on the CPU, ends with the same bytes as an uninterrupted one.
 """
 
 from __future__ import annotations
@@ -211,17 +211,14 @@ def restore(state: dict, model: nn.Module, optimizer: torch.optim.Optimizer, dev
 def main(argv: Sequence[str] | None = None) -> None:
     parser = stage_parser("train", __doc__.splitlines()[0])
     parser.add_argument("prepared_dir", type=Path, help="folder written by the prepare stage")
-    parser.add_argument("checkpoint_path", type=Path, help="checkpoint to write (model, optimizer, RNG states)")
     parser.add_argument("candidate_path", type=Path, help="the trained state_dict, as save would publish it")
     parser.add_argument("candidate_info_path", type=Path, help="JSON facts about it for the model card")
     parser.add_argument("history_path", type=Path, help="per-epoch CSV for `dvc plots`")
-    parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda", "mps"),
-                        help="device class pinned by device.yaml; auto defers to train.device (default: %(default)s)")
     parser.add_argument("--resume-dir", type=Path,
                         help="folder for resume checkpoints, outside DVC's outputs (default: no resuming)")
     args = parser.parse_args(argv)
     params = load_params(args.params)
-    device = resolve_device(params.train.device if args.device == "auto" else args.device)
+    device = resolve_device(params.train.device)
 
     data = load_prepared(args.prepared_dir, ("train", "val"))
     train_split, val_split = (data.splits[name].to(device) for name in ("train", "val"))
@@ -250,15 +247,14 @@ def main(argv: Sequence[str] | None = None) -> None:
                   optimizer, on_epoch=log_epoch(params.train.epochs), history=history,
                   on_checkpoint=(lambda done: save_atomically(state(done), resume_path)) if resume_path else None)
 
-    save_atomically(state(history), args.checkpoint_path)
     save_atomically({name: tensor.cpu() for name, tensor in model.state_dict().items()}, args.candidate_path)
     atomic_write_json(args.candidate_info_path, candidate_info(architecture, data.meta, params, device))
     atomic_write_text(args.history_path, history_csv(history))
     if args.resume_dir is not None:
-        # The finished checkpoint is DVC's now; resume files of this or older inputs are spent.
+        # The finished model is DVC's now; resume files of this or older inputs are spent.
         for spent in args.resume_dir.glob("train-*.pt"):
             spent.unlink(missing_ok=True)
-    log.info("wrote %s, %s and %s", args.checkpoint_path, args.candidate_path, args.history_path)
+    log.info("wrote %s, %s and %s", args.candidate_path, args.candidate_info_path, args.history_path)
 
 
 if __name__ == "__main__":

@@ -1,4 +1,5 @@
-"""train_pipeline and the DVC stage runner: real dvc, a real (temporary) Prefect API."""
+"""train_pipeline and the DVC runner: real dvc, a real (temporary) Prefect API, and the
+project's own background server through `python -m pipeline`."""
 
 from __future__ import annotations
 
@@ -12,61 +13,39 @@ from pathlib import Path
 import pytest
 import yaml
 
-from pipeline.stages import (
-    RAN,
-    SKIPPED,
-    PipelineError,
-    outcome_of,
-    read_stage_graph,
-    run_stage,
-    stage_order,
-    stages_until,
-)
-from tests.conftest import PROJECT_ROOT, commit_all, dvc, git, subprocess_env
+from pipeline.stages import RAN, RESTORED, SKIPPED, PipelineError, StageFailed, outcomes, repro
+from tests.conftest import PROJECT_ROOT, commit_all, dvc, git, subprocess_env, write_params
 
 
-def test_stage_order_comes_from_the_graph_not_the_file_order(tmp_path):
-    (tmp_path / "dvc.yaml").write_text(
-        "stages:\n"
-        "  last:\n    cmd: cat b > c\n    deps: [b]\n    outs: [c]\n"
-        "  first:\n    cmd: echo > a\n    outs: [a]\n"
-        "  middle:\n    cmd: cat a > b\n    deps: [a]\n    outs: [{b: {cache: false}}]\n"
-    )
-    graph = read_stage_graph(tmp_path)
-    assert stage_order(graph) == ["first", "middle", "last"]
-    assert stages_until(stage_order(graph), graph, "middle") == ["first", "middle"]
+def test_only_dvcs_own_didnt_change_counts_as_skipped():
+    lines = [
+        "Stage 'validate' didn't change, skipping",
+        "Stage 'prepare' is cached - skipping run, checking out outputs",
+        "Running stage 'train':",
+        "> python -m classifier.train ...",
+        "Stage 'evaluate' is cached - skipping run, checking out outputs",
+        "Running stage 'evaluate':",  # a wording DVC may add later must not weaken a run
+    ]
+    found = {r.name: r.outcome for r in outcomes(lines, expected=["validate", "prepare", "train", "evaluate", "save"])}
+    assert found == {"validate": SKIPPED, "prepare": RESTORED, "train": RAN, "evaluate": RAN,
+                     "save": RAN}  # never named: counted as changed, not as skipped
 
 
-def test_project_stage_order_ends_with_train_evaluate_save():
-    order = stage_order(read_stage_graph(PROJECT_ROOT))
-    assert order.index("download") < order.index("prepare") < order.index("train")
-    assert order[-2:] == ["evaluate", "save"]
-
-
-def test_unknown_stage_and_missing_dvc_yaml_are_clear_errors(tmp_path):
-    graph = read_stage_graph(PROJECT_ROOT)
-    with pytest.raises(PipelineError, match="unknown stage 'trian'.*train"):
-        stages_until(stage_order(graph), graph, "trian")
-    with pytest.raises(PipelineError, match="no dvc.yaml"):
-        read_stage_graph(tmp_path)
-
-
-def test_outcome_is_read_from_dvc_output():
-    assert outcome_of("train", ["Running stage 'train':", "> python ..."]) == (RAN, "re-executed")
-    assert outcome_of("train", ["Stage 'train' didn't change, skipping"])[0] == SKIPPED
-    assert outcome_of("train", ["Stage 'train' is cached - skipping run, checking out outputs"])[0] == SKIPPED
-
-
-@pytest.mark.slow
-def test_timeout_kills_the_stage_process_group(tmp_path):
+def project_with_sleeper(tmp_path: Path) -> Path:
     repo = tmp_path / "repo"
     repo.mkdir()
     git(repo, "init", "-q")
     dvc(repo, "init", "-q")
     sleeper = "import os, time; open('pid', 'w').write(str(os.getpid())); time.sleep(120)"
     (repo / "dvc.yaml").write_text(f'stages:\n  sleep:\n    cmd: python -c "{sleeper}"\n    outs: [never]\n')
-    with pytest.raises(PipelineError, match="'sleep' ran past its timeout"):
-        run_stage(repo, "sleep", lambda line: None, timeout_s=8)
+    return repo
+
+
+@pytest.mark.slow
+def test_timeout_kills_the_stage_process_group(tmp_path):
+    repo = project_with_sleeper(tmp_path)
+    with pytest.raises(PipelineError, match="dvc repro ran past its timeout"):
+        repro(repo, lambda line: None, timeout_s=8)
     pid = int((repo / "pid").read_text())
     for _ in range(50):  # the group got SIGTERM; give the kernel a moment to reap it
         try:
@@ -78,6 +57,19 @@ def test_timeout_kills_the_stage_process_group(tmp_path):
         pytest.fail(f"the stage's python (pid {pid}) outlived the timeout")
 
 
+@pytest.mark.slow
+def test_a_failed_stage_names_itself_and_its_commands_exit_status(tmp_path):
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    git(repo, "init", "-q")
+    dvc(repo, "init", "-q")
+    failing = "import sys; print('bad input, x must be positive', file=sys.stderr); sys.exit(2)"
+    (repo / "dvc.yaml").write_text(f'stages:\n  check:\n    cmd: python -c "{failing}"\n    outs: [never]\n')
+    with pytest.raises(StageFailed, match=r"(?s)stage 'check' failed \(exit 2\):\nbad input, x must be positive") as error:
+        repro(repo, lambda line: None, timeout_s=60)
+    assert error.value.stage == "check" and error.value.exit_code == 2
+
+
 def flow_artifacts(flow_run_id) -> dict[str, object]:
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
@@ -87,39 +79,56 @@ def flow_artifacts(flow_run_id) -> dict[str, object]:
     return {artifact.key: artifact for artifact in artifacts}
 
 
-def task_run_names(flow_run_id) -> set[str]:
-    from prefect.client.orchestration import get_client
-    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
-
-    with get_client(sync_client=True) as client:
-        runs = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])))
-    return {run.name for run in runs}
-
-
 @pytest.mark.slow
-def test_flow_runs_every_stage_then_skips_them_and_pins_the_device(project, prefect_harness):
+def test_flow_runs_every_stage_then_skips_them_and_leaves_git_clean(project, prefect_harness):
     from pipeline.flows import train_pipeline
 
-    state = train_pipeline(project_dir=str(project), device="cpu", return_state=True)
+    state = train_pipeline(project_dir=str(project), return_state=True)
     assert state.is_completed(), state.message
     first = state.result()
     assert set(first["stages"].values()) == {RAN}
     card = json.loads((project / "models/model.json").read_text())
-    assert card["trained_on"] == "cpu" and first["model_sha256"] == card["sha256"]
-    assert "--device cpu" in yaml.safe_load((project / "dvc.lock").read_text())["stages"]["train"]["cmd"]
+    assert first["model_sha256"] == card["sha256"] and first["model_path"] == "models/model.pth"
     artifacts = flow_artifacts(state.state_details.flow_run_id)
     assert {"metrics", "pipeline-run"} <= set(artifacts)
     assert "test.accuracy" in json.dumps(artifacts["metrics"].data)
     assert card["sha256"] in artifacts["pipeline-run"].data
+    commit_all(project, "first run")
 
-    again = train_pipeline(project_dir=str(project), device="cpu")
-    assert set(again["stages"].values()) == {SKIPPED}
+    again = train_pipeline(project_dir=str(project))
+    assert set(again["stages"].values()) == {SKIPPED} and again["changed"] == []
+    assert git(project, "status", "--porcelain") == ""  # a plain run writes no tracked file
+
+    # Asking for a device class is a params change, and so part of DVC's cache key: train
+    # reruns (on the same CPU, to the same bytes); nothing upstream of it does.
+    pinned = train_pipeline(project_dir=str(project), device="cpu")
+    assert yaml.safe_load((project / "params.yaml").read_text())["train"]["device"] == "cpu"
+    assert pinned["stages"]["train"] == RAN and pinned["stages"]["prepare"] == SKIPPED
+    assert pinned["model_sha256"] == first["model_sha256"]
+
+
+@pytest.mark.slow
+def test_a_params_round_trip_ends_with_the_first_runs_results(project, prefect_harness):
+    """0.1 -> 0.2 -> 0.1: DVC restores prepare from its run-cache, and everything after it must follow."""
+    from pipeline.flows import train_pipeline
+
+    train_pipeline(project_dir=str(project))
+    first_metrics = (project / "metrics/metrics.json").read_text()
+    first_model = json.loads((project / "models/model.json").read_text())["sha256"]
+    params = (project / "params.yaml").read_text()
+
+    write_params(project, **{"data.val_fraction": 0.2})
+    moved = train_pipeline(project_dir=str(project))
+    assert moved["stages"]["prepare"] == RAN
+    assert (project / "metrics/metrics.json").read_text() != first_metrics
+
+    (project / "params.yaml").write_text(params)
+    back = train_pipeline(project_dir=str(project))
+    assert back["stages"]["prepare"] == RESTORED
+    assert {"train", "evaluate", "save"} <= set(back["changed"])
     assert dvc(project, "status", "--json").stdout.strip() == "{}"
-
-    # Unpinning changes the train command, so DVC reruns train; its checkpoint comes out
-    # byte-identical on the same machine, and DVC skips what reads it.
-    unpinned = train_pipeline(project_dir=str(project), device="auto")
-    assert unpinned["stages"]["train"] == RAN and unpinned["stages"]["prepare"] == SKIPPED
+    assert (project / "metrics/metrics.json").read_text() == first_metrics
+    assert json.loads((project / "models/model.json").read_text())["sha256"] == first_model
 
 
 @pytest.mark.slow
@@ -134,12 +143,70 @@ def test_a_failing_stage_fails_the_flow_and_later_stages_do_not_run(project, pre
     commit_all(project, "a prepare stage that fails")
     state = train_pipeline(project_dir=str(project), return_state=True)
     assert state.is_failed()
-    with pytest.raises(PipelineError, match=r"(?s)stage 'prepare' failed \(exit \d+\).*blew up on purpose"):
+    with pytest.raises(StageFailed, match=r"(?s)stage 'prepare' failed \(exit 3\):\nprepare blew up on purpose"):
         state.result()
-    names = task_run_names(state.state_details.flow_run_id)
-    assert "prepare" in names and not names & {"train", "evaluate", "save"}
+    assert (project / "data/raw").exists() and not (project / "models/candidate.pth").exists()
 
 
+@pytest.mark.slow
+def test_a_run_that_leaves_a_stale_stage_fails_naming_it(project, prefect_harness):
+    from pipeline.flows import train_pipeline
+
+    # The second stage changes the first one's out after DVC recorded it: DVC's run succeeds,
+    # and only `dvc status` can tell that the results on disk are not the pipeline's.
+    (project / "dvc.yaml").write_text(
+        "stages:\n"
+        "  first:\n    cmd: python -c \"open('a', 'w').write('a')\"\n    outs: [a]\n"
+        "  second:\n    cmd: python -c \"open('b', 'w').write('b'); open('a', 'a').write('!')\"\n"
+        "    deps: [a]\n    outs: [b]\n")
+    state = train_pipeline(project_dir=str(project), return_state=True)
+    assert state.is_failed()
+    with pytest.raises(PipelineError, match="still reports first as not up to date"):
+        state.result()
+
+
+def pipeline_command(*args: str, home: Path, timeout: float = 300) -> subprocess.CompletedProcess:
+    env = subprocess_env(PREFECT_HOME=str(home))
+    env.pop("PREFECT_API_URL", None)
+    return subprocess.run([sys.executable, "-m", "pipeline", *args], cwd=home.parent, env=env,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.mark.slow
+def test_make_run_starts_the_projects_server_once_and_says_what_it_produced(project):
+    home = project / ".prefect"
+    try:
+        first = pipeline_command("run", home=home)
+        assert first.returncode == 0, first.stderr[-3000:]
+        assert "starting a local Prefect server" in first.stderr and "make server-stop" in first.stderr
+        card = json.loads((project / "models/model.json").read_text())
+        metrics = json.loads((project / "metrics/metrics.json").read_text())
+        assert first.stdout.splitlines() == [
+            f"test accuracy {metrics['test']['accuracy']}, macro F1 {metrics['test']['macro_f1']}",
+            f"model models/model.pth sha256 {card['sha256']}",
+            "stages run or restored by DVC: validate, download, prepare, train, evaluate, save",
+            "to record this run: git add params.yaml dvc.lock metrics && git commit",
+        ]
+        url = json.loads((home / "local-server.json").read_text())["url"]
+
+        commit_all(project, "recorded")
+        again = pipeline_command("run", home=home)
+        assert again.returncode == 0, again.stderr[-3000:]
+        assert "starting a local Prefect server" not in again.stderr
+        assert json.loads((home / "local-server.json").read_text())["url"] == url
+        assert again.stdout.splitlines()[-1] == "stages run or restored by DVC: none, all up to date"
+
+        write_params(project, **{"train.epochs": 0})  # the validate stage's rule: at least 1
+        bad = pipeline_command("run", home=home)
+        assert bad.returncode == 2
+        assert "train.epochs = 0: must be greater than or equal to 1" in bad.stderr
+    finally:
+        stopped = pipeline_command("server-stop", home=home)
+    assert "stopped the local Prefect server" in stopped.stderr
+    assert not (home / "local-server.json").exists()
+
+
+@pytest.mark.slow
 def test_bad_device_and_unreachable_server_are_clear_errors(tmp_path):
     env = subprocess_env(PREFECT_API_URL="http://127.0.0.1:9/api", PREFECT_HOME=str(tmp_path / "home"))
     result = subprocess.run([sys.executable, "-m", "pipeline", "run", "--project", str(PROJECT_ROOT)],

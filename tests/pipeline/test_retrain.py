@@ -6,7 +6,7 @@ import pytest
 
 from classifier.files import file_digest
 from pipeline.retrain import NO_CHANGE, SAME_MODEL, RetrainError, retrain
-from pipeline.stages import RAN
+from pipeline.stages import RAN, RESTORED
 from tests.conftest import commit_all, dvc, git, write_params
 
 pytestmark = pytest.mark.slow
@@ -27,14 +27,14 @@ def retrain_branches(project) -> list[str]:
 def test_nothing_changed_keeps_the_champion_and_trains_nothing(champion, tmp_path, prefect_harness):
     result = retrain(repo=str(champion), base="main", workspace_root=str(tmp_path / "ws"))
     assert result["result"] == NO_CHANGE and result["branch"] is None
-    assert RAN not in result["stages"].values()
+    assert set(result["stages"].values()) == {"skipped"}
     assert retrain_branches(champion) == []
     assert list((tmp_path / "ws").iterdir()) == []  # the workspace is gone again
 
 
 def test_a_rerun_that_reproduces_the_champion_promotes_nothing(champion, tmp_path, prefect_harness):
-    # The cpu pool pins the device class, which changes the train command: train reruns, and on
-    # this CPU-only machine it reproduces the champion byte for byte.
+    # The cpu pool pins the device class, a change of train.device: train reruns, and on this
+    # CPU-only machine it reproduces the champion byte for byte.
     result = retrain(repo=str(champion), base="main", device="cpu", workspace_root=str(tmp_path / "ws"))
     assert result["stages"]["train"] == RAN
     assert result["result"] == SAME_MODEL and result["branch"] is None
@@ -77,3 +77,19 @@ def test_not_a_git_repo_is_a_clear_error(tmp_path, prefect_harness):
     (tmp_path / "plain").mkdir()
     with pytest.raises(RetrainError, match="not a git repository"):
         retrain(repo=str(tmp_path / "plain"), workspace_root=str(tmp_path / "ws"))
+
+
+def test_a_params_round_trip_is_a_change_even_when_dvc_restores_it_from_its_cache(champion, tmp_path, prefect_harness):
+    """main moves to val_fraction 0.2 (run and committed), then back to 0.1 with only params.yaml
+    committed: DVC restores prepare from its run-cache, and train, evaluate and save must follow."""
+    write_params(champion, **{"data.val_fraction": 0.2})
+    dvc(champion, "repro", "-q")
+    commit_all(champion, "hold out more for validation")
+    write_params(champion, **{"data.val_fraction": 0.1})
+    commit_all(champion, "back to 0.1, not rerun")
+
+    result = retrain(repo=str(champion), base="main", workspace_root=str(tmp_path / "ws"))
+
+    assert result["result"] != NO_CHANGE
+    assert result["stages"]["prepare"] == RESTORED
+    assert {result["stages"][stage] for stage in ("train", "evaluate", "save")} <= {RAN, RESTORED}
