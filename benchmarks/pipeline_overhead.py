@@ -13,6 +13,9 @@ is untouched. It reports
   - how much of the cold run is training and evaluating (stage time minus start-up) and how
     much is start-up and DVC itself;
   - a no-op `dvc repro` (median of several);
+  - a no-op `make run` (`python -m pipeline run`, the Prefect flow on the project's own
+    background server, started once before the timings) paired with a no-op `dvc repro`,
+    run alternately so both see the same load: medians and the median of the differences;
   - whether the stages that need no torch (validate, download, prepare, save) import it: each is run
     once more, as DVC runs it, with a check of sys.modules at exit.
 """
@@ -42,6 +45,7 @@ TORCH_FREE_STAGES = ("validate", "download", "prepare", "save")
 WORK_STAGES = ("train", "evaluate")  # the stages whose work the target wants to dominate
 TARGET_NOOP_SECONDS = 1.0
 TARGET_WORK_SHARE = 0.5
+TARGET_FLOW_EXTRA_SECONDS = 2.0
 
 STAGE_START = re.compile(r"Running stage '([^']+)'")
 
@@ -57,17 +61,10 @@ TORCH_PROBE = (
 
 def copy_working_tree(destination: Path) -> Path:
     """A fresh, committed git repo holding the project's tracked and non-ignored files."""
-    listed = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
-                            cwd=PROJECT_ROOT, capture_output=True, check=True).stdout
-    for relative in sorted(set(filter(None, listed.decode().split("\0")))):
-        source = PROJECT_ROOT / relative
-        if source.is_file():  # a tracked file deleted in the working tree is listed but absent
-            target = destination / relative
-            target.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(source, target)
-    for args in (["init", "-q", "-b", "main"], ["config", "user.email", "bench@example.invalid"],
-                 ["config", "user.name", "bench"], ["add", "-A"], ["commit", "-q", "-m", "benchmark copy"]):
-        subprocess.run(["git", *args], cwd=destination, capture_output=True, check=True)
+    sys.path.insert(0, str(PROJECT_ROOT))
+    from tests.conftest import commit_all, copy_project
+
+    commit_all(copy_project(destination), "benchmark copy")
     return destination
 
 
@@ -195,6 +192,9 @@ def measure(project: Path, repeats: int, noop_repeats: int) -> dict:
                              f"{', '.join(s['stage'] for s in run['stages'])}: the pipeline is not reproducible")
         noop_times.append(run["seconds"])
 
+    print("  no-op make run against no-op dvc repro ...", file=sys.stderr, flush=True)
+    flow = noop_flow_pairs(project, env, noop_repeats)
+
     print("  torch-free stages ...", file=sys.stderr, flush=True)
     torch_imports = {name: imports_torch(commands[name], project, env)
                      for name in TORCH_FREE_STAGES if name in commands}
@@ -209,8 +209,25 @@ def measure(project: Path, repeats: int, noop_repeats: int) -> dict:
         "work_seconds": work, "work_share": work / cold["seconds"],
         "work_stages_share": work_stages / cold["seconds"],
         "noop_seconds": statistics.median(noop_times), "noop_runs": noop_times,
-        "torch_imported": torch_imports, "cold_output": cold["output"],
+        "torch_imported": torch_imports, "cold_output": cold["output"], "flow": flow,
     }
+
+
+def noop_flow_pairs(project: Path, env: dict, repeats: int) -> dict:
+    """No-op `python -m pipeline run` (what `make run` runs) and no-op `dvc repro`, alternately."""
+    env = {**env, "PREFECT_HOME": str(project / ".prefect")}
+    env.pop("PREFECT_API_URL", None)
+    python = str(VENV_BIN / "python")
+    flow_command, repro_command = [python, "-m", "pipeline", "run"], [str(VENV_BIN / "dvc"), "repro"]
+    median_seconds(flow_command, project, env, 1)  # starts the project's server: once, untimed
+    try:
+        pairs = [(median_seconds(flow_command, project, env, 1), median_seconds(repro_command, project, env, 1))
+                 for _ in range(repeats)]
+    finally:
+        subprocess.run([python, "-m", "pipeline", "server-stop"], cwd=project, env=env, capture_output=True)
+    return {"flow_seconds": statistics.median(flow for flow, _ in pairs),
+            "repro_seconds": statistics.median(repro for _, repro in pairs),
+            "extra_seconds": statistics.median(flow - repro for flow, repro in pairs), "pairs": pairs}
 
 
 def report(result: dict) -> str:
@@ -229,6 +246,9 @@ def report(result: dict) -> str:
                                                       for command, seconds in result["startup"].items()))
     lines.append(f"no-op `dvc repro`: {result['noop_seconds']:.2f} s (median of {len(result['noop_runs'])}: "
                  + ", ".join(f"{seconds:.2f}" for seconds in result["noop_runs"]) + ")")
+    flow = result["flow"]
+    lines.append(f"no-op `make run` {flow['flow_seconds']:.2f} s against no-op `dvc repro` {flow['repro_seconds']:.2f} s, "
+                 f"paired (median of {len(flow['pairs'])}): the flow adds {flow['extra_seconds']:.2f} s")
     lines.append(f"training + evaluating: {result['work_share']:.0%} of the cold run excluding their start-up "
                  f"({result['work_stages_share']:.0%} counting the whole train and evaluate stages)")
     lines.append("torch imported by: " + ", ".join(f"{name} {'YES' if imported else 'no'}"
@@ -240,6 +260,8 @@ def judge(result: dict) -> list[tuple[str, bool]]:
     verdicts = [
         (f"no-op dvc repro {result['noop_seconds']:.2f} s <= {TARGET_NOOP_SECONDS} s",
          result["noop_seconds"] <= TARGET_NOOP_SECONDS),
+        (f"no-op make run adds {result['flow']['extra_seconds']:.2f} s <= {TARGET_FLOW_EXTRA_SECONDS} s to a no-op dvc repro",
+         result["flow"]["extra_seconds"] <= TARGET_FLOW_EXTRA_SECONDS),
         (f"training + evaluating {result['work_share']:.0%} >= {TARGET_WORK_SHARE:.0%} of the cold run",
          result["work_share"] >= TARGET_WORK_SHARE),
     ]

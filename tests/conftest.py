@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import gzip
-import os
 import shutil
 import subprocess
 import sys
@@ -13,8 +12,9 @@ import numpy as np
 import pytest
 import yaml
 
+from pipeline.stages import stage_env
+
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
-VENV_BIN = str(Path(sys.executable).parent)
 
 
 @pytest.fixture
@@ -39,11 +39,8 @@ def idx_bytes(array: np.ndarray) -> bytes:
 
 
 def subprocess_env(**extra: str) -> dict:
-    env = dict(os.environ)
-    env["PATH"] = VENV_BIN + os.pathsep + env.get("PATH", "")
-    env["DVC_NO_ANALYTICS"] = "1"
-    env.update(extra)
-    return env
+    """The environment the flows give DVC and git (pipeline.stages.stage_env), plus `extra`."""
+    return stage_env(extra)
 
 
 def run(args, cwd: Path, check: bool = True, **kwargs) -> subprocess.CompletedProcess:

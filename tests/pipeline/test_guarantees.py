@@ -6,6 +6,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 import yaml
@@ -15,12 +16,15 @@ from tests.conftest import dvc, subprocess_env, write_params
 
 pytestmark = pytest.mark.slow
 
-EPOCHS = 20  # long enough that the kill lands mid-training on a fast, quiet machine
+EPOCHS = 5
+PAUSE_HOOK = Path(__file__).with_name("pause_after_checkpoint")
 
 
-def start_repro(project) -> subprocess.Popen:
-    # Its own session, so the kill reaches dvc and the stage process it started.
-    return subprocess.Popen([sys.executable, "-m", "dvc", "repro"], cwd=project, env=subprocess_env(),
+def start_repro(project, pause_marker: Path | None = None) -> subprocess.Popen:
+    """`dvc repro` in a session of its own, so a kill reaches dvc and the stage it started.
+    With `pause_marker`, its train stage stops itself after its first resume checkpoint."""
+    extra = {"PYTHONPATH": str(PAUSE_HOOK), "PAUSE_AFTER_CHECKPOINT_MARKER": str(pause_marker)} if pause_marker else {}
+    return subprocess.Popen([sys.executable, "-m", "dvc", "repro"], cwd=project, env=subprocess_env(**extra),
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
 
 
@@ -48,12 +52,12 @@ def test_sigkill_during_training_loses_nothing_and_the_rerun_resumes(reproduced_
     published = file_digest(project / "models/model.pth")
     lock = locked_stages(project)
     resume_dir = project / ".cache/train-resume"
-    process = start_repro(project)
+    marker = tmp_path / "paused"
+    process = start_repro(project, pause_marker=marker)
     try:
-        wait_for(lambda: resume_dir.is_dir() and any(resume_dir.glob("train-*.pt")))
-        time.sleep(0.05)  # into the next epoch
-        assert process.poll() is None, "training finished before it could be interrupted"
-        os.killpg(process.pid, signal.SIGKILL)
+        wait_for(lambda: marker.exists() or process.poll() is not None)
+        assert process.poll() is None, process.communicate()[0]
+        os.killpg(process.pid, signal.SIGKILL)  # mid-training: one epoch of EPOCHS checkpointed
     finally:
         process.wait(timeout=30)
     assert file_digest(project / "models/model.pth") == published
@@ -70,16 +74,24 @@ def test_sigkill_during_training_loses_nothing_and_the_rerun_resumes(reproduced_
     assert not any(resume_dir.glob("train-*.pt"))  # spent once the run is complete
 
 
-def test_two_repros_in_one_workspace_never_corrupt_an_output(reproduced_project):
+def test_two_repros_in_one_workspace_never_corrupt_an_output(reproduced_project, tmp_path):
     project = reproduced_project
     write_params(project, **{"train.epochs": 3})
-    first, second = start_repro(project), start_repro(project)
-    outputs = [process.communicate(timeout=300)[0] for process in (first, second)]
-    codes = [first.returncode, second.returncode]
-    assert 0 in codes
-    if codes != [0, 0]:  # one of them lost the race for DVC's locks and said so
-        loser = outputs[codes.index(next(code for code in codes if code != 0))]
+    marker = tmp_path / "paused"
+    first = start_repro(project, pause_marker=marker)
+    try:
+        wait_for(lambda: marker.exists() or first.poll() is not None)
+        assert first.poll() is None, first.communicate()[0]
+        # The first run is certainly inside its train stage now, holding DVC's locks.
+        second = start_repro(project)
+        loser = second.communicate(timeout=300)[0]
+        assert second.returncode != 0
         assert "Unable to acquire lock" in loser or "is busy, it is being blocked by" in loser, loser
+    finally:
+        if marker.exists():
+            os.kill(int(marker.read_text()), signal.SIGCONT)
+        output = first.communicate(timeout=300)[0]
+    assert first.returncode == 0, output
     assert "up to date" in dvc(project, "status").stdout
     card = json.loads((project / "models/model.json").read_text())
     assert card["sha256"] == file_digest(project / "models/model.pth")

@@ -27,6 +27,7 @@ def test_bundled_mnist_5k_is_copied_and_verified(tmp_path):
     assert file_digest(target) == "846f6cad587fea3877f6e0fe0a1968dfc68867ce170d3bc9fc2dccdbed17961d"
 
 
+@pytest.mark.slow  # starts a subprocess or a loopback server
 def test_a_mirror_that_fails_then_succeeds(tmp_path, idx_file):
     body, remote = idx_file
     script = MirrorScript(files={NAME: body}, failures_before_success={NAME: 2})
@@ -38,6 +39,7 @@ def test_a_mirror_that_fails_then_succeeds(tmp_path, idx_file):
     assert sorted(p.name for p in tmp_path.iterdir()) == [NAME]  # no temp files left
 
 
+@pytest.mark.slow  # starts a subprocess or a loopback server
 def test_the_next_mirror_is_tried_when_one_is_down(tmp_path, idx_file):
     body, remote = idx_file
     with Mirror(MirrorScript()) as empty, Mirror(MirrorScript(files={NAME: body})) as good:
@@ -45,6 +47,7 @@ def test_the_next_mirror_is_tried_when_one_is_down(tmp_path, idx_file):
     assert path.read_bytes() == body
 
 
+@pytest.mark.slow  # starts a subprocess or a loopback server
 def test_wrong_checksum_names_url_expected_and_actual(tmp_path, idx_file):
     body, remote = idx_file
     tampered = body[:-1] + bytes([body[-1] ^ 1])
@@ -58,6 +61,7 @@ def test_wrong_checksum_names_url_expected_and_actual(tmp_path, idx_file):
     assert list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.slow  # starts a subprocess or a loopback server
 def test_truncated_file_is_retried_and_never_left_behind(tmp_path, idx_file):
     body, remote = idx_file
     script = MirrorScript(files={NAME: body}, truncate_to={NAME: len(body) // 2})
@@ -68,6 +72,7 @@ def test_truncated_file_is_retried_and_never_left_behind(tmp_path, idx_file):
     assert list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.slow  # starts a subprocess or a loopback server
 def test_download_stage_end_to_end_against_a_loopback_mirror(tmp_path):
     """The real stage command with mirrors from params: files served, but not the real MNIST,
     so the pinned checksums reject them; the error names the URL and the raw folder stays empty."""

@@ -38,6 +38,7 @@ class CreatesAFile:
         return (open, (self.path, "w"))
 
 
+@pytest.mark.slow  # starts a subprocess or a loopback server
 def test_predict_refuses_a_malicious_pickle_even_when_its_card_matches(stage_files, tmp_path):
     run_save(stage_files)
     marker = tmp_path / "pwned"
@@ -69,6 +70,7 @@ def test_every_loader_goes_through_one_weights_only_call():
         assert isinstance(keywords.get("weights_only"), ast.Constant) and keywords["weights_only"].value is True
 
 
+@pytest.mark.slow  # starts a subprocess or a loopback server
 def test_evaluate_refuses_a_malicious_candidate(stage_files, tmp_path):
     marker = tmp_path / "pwned"
     torch.save({"linear_relu_stack.0.weight": CreatesAFile(marker)}, stage_files / "candidate.pth")
@@ -94,6 +96,7 @@ def publish_then_change_weights(folder: Path) -> tuple[bytes, str]:
     return (folder / "out/model.pth").read_bytes(), (folder / "out/model.json").read_text()
 
 
+@pytest.mark.slow  # starts a subprocess or a loopback server
 def test_a_write_that_fails_half_way_keeps_the_old_model(stage_files):
     """The file-size limit makes the kernel refuse the write part-way through, as a full disk would."""
     old_model, old_card = publish_then_change_weights(stage_files)
@@ -112,6 +115,7 @@ def test_a_write_that_fails_half_way_keeps_the_old_model(stage_files):
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="mounting a tmpfs needs root")
+@pytest.mark.slow  # starts a subprocess or a loopback server
 def test_a_full_file_system_keeps_the_old_model(stage_files):
     out = stage_files / "out"
     out.mkdir()
@@ -131,6 +135,7 @@ def test_a_full_file_system_keeps_the_old_model(stage_files):
         subprocess.run(["umount", str(out)], check=True)
 
 
+@pytest.mark.slow  # starts a subprocess or a loopback server
 def test_a_download_killed_mid_file_leaves_no_file_and_the_next_run_cleans_up(tmp_path, default_params):
     """A mirror that sends half a file and stalls; the download process is killed meanwhile."""
     body = idx_bytes(tiny_images(2000)[0])
