@@ -10,7 +10,6 @@ is configured. Then `dvc repro` decides: what the cache holds is restored, the r
 
 from __future__ import annotations
 
-import json
 import shutil
 import subprocess
 import sys
@@ -23,11 +22,10 @@ import yaml
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact
 
-from classifier.compare import REGRESSED, at_least_as_good, compare_metrics
-from classifier.params import CompareParams
 from pipeline.device import PARAMS_FILE, check_device
 from pipeline.flows import train_pipeline
-from pipeline.stages import lock_md5, metrics_paths, stage_env
+from pipeline.retrain_gate import RECORD_PATH, GateError, decision_report, judge_challenger, write_record
+from pipeline.stages import lock_md5, stage_env
 
 NO_CHANGE = "no change: DVC reran and restored nothing, champion kept"
 SAME_MODEL = "no change: the retrained model is byte-identical to the champion, champion kept"
@@ -109,11 +107,6 @@ def restore_outputs(workspace: Path, repo: Path | None, logger) -> None:
                     result.stderr.strip()[-1000:])
 
 
-def champion_metrics(workspace: Path, base: str, metrics_file: str) -> dict | None:
-    shown = subprocess.run(["git", "show", f"{base}:{metrics_file}"], cwd=workspace, capture_output=True, text=True)
-    return json.loads(shown.stdout) if shown.returncode == 0 else None
-
-
 def same_model_as_champion(workspace: Path, base: str) -> bool:
     """A rerun can reproduce the champion exactly (say, the device class was pinned to the one
     it was trained on): then there is nothing to promote."""
@@ -124,37 +117,14 @@ def same_model_as_champion(workspace: Path, base: str) -> bool:
     return champion is not None and champion == lock_md5(yaml.safe_load((workspace / "dvc.lock").read_text()), MODEL_OUT)
 
 
-def compare_params(path: Path) -> CompareParams:
-    """Only the `compare` section: the pipeline's own stages validated the rest of the file."""
-    section = (yaml.safe_load(path.read_text(encoding="utf-8")) or {}).get("compare")
-    if section is None:
-        raise RetrainError(f"{path}: no `compare` section, so there are no tolerances to judge the new model by")
-    try:
-        return CompareParams.model_validate(section)
-    except ValueError as error:
-        raise RetrainError(f"{path}: invalid `compare` section: {error}") from None
-
-
-def comparison_report(changes, base: str, branch: str | None) -> str:
-    lines = [f"# Retrain against the champion at `{base}`", "",
-             "| metric | champion | new | change | tolerance | verdict |", "|---|---|---|---|---|---|"]
-    for change in changes:
-        champion = "—" if change.base is None else f"{change.base:.4f}"
-        delta = "—" if change.delta is None else f"{change.delta:+.4f}"
-        lines.append(f"| {change.name} | {champion} | {change.head:.4f} | {delta} | "
-                     f"±{change.tolerance:g} | {change.verdict} |")
-    lines += ["", f"Promoted on branch `{branch}`." if branch else "Not promoted: the champion stays."]
-    return "\n".join(lines) + "\n"
-
-
-def promote(workspace: Path, repo_is_url: bool, metrics_dir: str, pushed_to_remote: bool) -> str:
-    """Commit the new lock and metrics on retrain/<UTC timestamp>; returns the branch name."""
+def promote(workspace: Path, repo_is_url: bool, pushed_to_remote: bool) -> str:
+    """Commit the new lock, params and metrics on retrain/<UTC timestamp>; returns the branch name."""
     branch = f"retrain/{datetime.now(timezone.utc):%Y%m%dT%H%M%SZ}"
     existing = git(workspace, "branch", "--list", f"{branch}*").split()
     if branch in existing:
         branch = f"{branch}-{uuid.uuid4().hex[:6]}"
     git(workspace, "switch", "--quiet", "-c", branch)
-    paths = ["dvc.lock", PARAMS_FILE, metrics_dir]
+    paths = ["dvc.lock", PARAMS_FILE, str(Path(RECORD_PATH).parent)]
     git(workspace, "add", "--", *paths)
     git(workspace, "-c", "user.name=classifier retrain", "-c", "user.email=retrain@localhost",
         "commit", "--quiet", "--allow-empty", "-m", f"Retrain: new model at least as good as the champion ({branch})")
@@ -190,20 +160,20 @@ def retrain(repo: str = ".", base: str = "main", device: str | None = None, work
             logger.info(SAME_MODEL)
             return {"result": SAME_MODEL, "branch": None, "stages": run["stages"]}
 
-        metrics_file = metrics_paths(workspace)[0]
-        changes = compare_metrics(champion_metrics(workspace, base, metrics_file), run["metrics"],
-                                  compare_params(workspace / "params.yaml"))
-        if not at_least_as_good(changes):
-            create_markdown_artifact(key="retrain-comparison", markdown=comparison_report(changes, base, None),
-                                     description="retrained model against the champion: rejected")
-            worse = "; ".join(f"{c.name} {c.base:.4f} (champion) -> {c.head:.4f} (new), tolerance {c.tolerance:g}"
-                              for c in changes if c.verdict == REGRESSED)
-            raise RetrainError(f"the retrained model is worse than the champion at {base}: {worse}")
+        try:
+            decision = judge_challenger(workspace, base)
+        except GateError as error:
+            raise RetrainError(f"nothing promoted: {error}") from None
+        if not decision.promote:
+            create_markdown_artifact(key="retrain-comparison", markdown=decision_report(decision, base, None),
+                                     description="retrained model against the champion: not promoted")
+            raise RetrainError(f"the retrained model is not promoted over the champion at {base}: {decision.reason}")
 
-        branch = promote(workspace, is_url(repo), str(Path(metrics_file).parent), has_dvc_remote(workspace))
-        create_markdown_artifact(key="retrain-comparison", markdown=comparison_report(changes, base, branch),
+        write_record(workspace, decision)
+        branch = promote(workspace, is_url(repo), has_dvc_remote(workspace))
+        create_markdown_artifact(key="retrain-comparison", markdown=decision_report(decision, base, branch),
                                  description=f"retrained model against the champion: promoted on {branch}")
-        logger.info("promoted on %s", branch)
+        logger.info("promoted on %s: %s", branch, decision.reason)
         return {"result": "promoted", "branch": branch, "stages": run["stages"]}
     finally:
         close_workspace(workspace, local_repo)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from classifier.files import file_digest
@@ -55,6 +57,10 @@ def test_a_better_model_is_committed_on_a_retrain_branch(champion, tmp_path, pre
     new_lock = git(champion, "show", f"{branch}:dvc.lock")
     assert new_lock != git(champion, "show", "main:dvc.lock") and "epochs: 3" in new_lock
     assert git(champion, "show", f"{branch}:metrics/metrics.json") != git(champion, "show", "main:metrics/metrics.json")
+    record = json.loads(git(champion, "show", f"{branch}:metrics/best.json"))
+    new_metrics = json.loads(git(champion, "show", f"{branch}:metrics/metrics.json"))
+    assert record["best_accuracy"] == new_metrics["test"]["accuracy"]
+    assert record["test_fingerprint"] == json.loads(git(champion, "show", "main:metrics/evaluation.json"))["test_fingerprint"]
     assert git(champion, "rev-parse", "main") == main_before
     assert git(champion, "status", "--porcelain") == status_before  # the user's checkout untouched
 
@@ -65,7 +71,7 @@ def test_a_worse_model_fails_the_run_and_leaves_the_base_alone(champion, tmp_pat
     commit_all(champion, "a learning rate too small to learn anything in one epoch")
     main_before = git(champion, "rev-parse", "main")
 
-    with pytest.raises(RetrainError, match=r"worse than the champion at main: accuracy 0\.\d+ \(champion\) -> 0\.\d+ \(new\)"):
+    with pytest.raises(RetrainError, match=r"not promoted over the champion at main: not promoted \(accuracy non-inferior"):
         retrain(repo=str(champion), base="main", workspace_root=str(tmp_path / "ws"))
 
     assert retrain_branches(champion) == []
@@ -93,3 +99,12 @@ def test_a_params_round_trip_is_a_change_even_when_dvc_restores_it_from_its_cach
     assert result["result"] != NO_CHANGE
     assert result["stages"]["prepare"] == RESTORED
     assert {result["stages"][stage] for stage in ("train", "evaluate", "save")} <= {RAN, RESTORED}
+
+
+def test_a_redrawn_test_split_is_not_comparable_and_promotes_nothing(champion, tmp_path, prefect_harness):
+    write_params(champion, **{"data.test_fraction": 0.25})
+    commit_all(champion, "a bigger test split")
+    with pytest.raises(RetrainError, match=r"nothing promoted: not comparable: the champion at main was scored on "
+                                           r"test split sha256:\w+, the new model on sha256:\w+"):
+        retrain(repo=str(champion), base="main", workspace_root=str(tmp_path / "ws"))
+    assert retrain_branches(champion) == []
