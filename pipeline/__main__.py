@@ -12,6 +12,7 @@ use and reused afterwards; `server-stop` stops it.
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import subprocess
 import sys
@@ -63,6 +64,38 @@ def without_heartbeats():
 
     with temporary_settings(updates={PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}):
         yield
+
+
+def params_problem(project: Path) -> str | None:
+    """What is wrong with params.yaml, checked as its validate stage checks it; None when valid."""
+    from classifier.cli import UserError
+    from classifier.params import load_params
+
+    path = project / "params.yaml"
+    try:
+        load_params(path if project != Path.cwd() else Path("params.yaml"))
+    except UserError as error:
+        return str(error)
+    return None
+
+
+class EngineFailureFilter(logging.Filter):
+    """Prefect's engine reports a failed task and flow with the exception and its traceback; the
+    command prints that failure itself, once, at the end, so the terminal shows it once."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (record.levelno >= logging.ERROR and record.name.startswith(("prefect.task_runs", "prefect.flow_runs"))
+                    and ("Finished in state" in record.getMessage() or "Encountered exception" in record.getMessage()))
+
+
+def quiet_engine_failures() -> None:
+    """Only the terminal: the server's logs keep every record, tracebacks included."""
+    import prefect.main  # noqa: F401  (sets up Prefect's logging: its console handler is the root's)
+    from prefect.logging.handlers import PrefectConsoleHandler
+
+    for handler in logging.getLogger().handlers:
+        if isinstance(handler, PrefectConsoleHandler):
+            handler.addFilter(EngineFailureFilter())
 
 
 def produced(summary: dict, project: Path) -> list[str]:
@@ -124,15 +157,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         say(f"stopped the local Prefect server at {stopped}" if stopped else "no local Prefect server was running")
         return 0
 
+    if args.command == "run" and (problem := params_problem(project)):
+        say(f"error: {problem}")  # before anything starts: the key, the value and the rule
+        return 2
     local = connect(project)
     from pipeline.device import DeviceError
     from pipeline.stages import PipelineError, StageFailed
 
+    quiet_engine_failures()
     try:
         with without_heartbeats() if local else nullcontext():
             return run_command(args, project)
     except StageFailed as error:
-        say(f"error: {error}")
+        say(f"error: {error.summary} (its output is above)")
         return error.exit_code if 0 < error.exit_code < 256 else 1
     except (PipelineError, DeviceError) as error:
         say(f"error: {error}")

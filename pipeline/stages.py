@@ -54,12 +54,15 @@ class PipelineError(Exception):
 
 
 class StageFailed(PipelineError):
-    """A stage's command failed: `exit_code` is the command's own status when DVC reported it."""
+    """A stage's command failed: `exit_code` is the command's own status when DVC reported it,
+    `summary` one line for a terminal (the full message carries the stage's last lines)."""
 
-    def __init__(self, stage: str | None, exit_code: int, message: str):
+    def __init__(self, stage: str | None, exit_code: int, message: str, summary: str):
         super().__init__(message)
-        self.stage = stage
-        self.exit_code = exit_code
+        self.stage, self.exit_code, self.summary = stage, exit_code, summary
+
+    def __reduce__(self):  # the exception crosses Prefect's state and result machinery intact
+        return StageFailed, (self.stage, self.exit_code, str(self), self.summary)
 
 
 @dataclass(frozen=True)
@@ -196,7 +199,9 @@ def failure(returncode: int, lines: list[str]) -> StageFailed:
                 default=0)
     own = [line for line in lines[start + 1:] if line.strip() and not line.startswith(("ERROR:", "> "))]
     what = f"stage {failed!r}" if failed else "dvc repro"
-    return StageFailed(failed, code, f"{what} failed (exit {code}):\n" + "\n".join(own[-TAIL_LINES:] or lines[-TAIL_LINES:]))
+    tail = own[-TAIL_LINES:] or lines[-TAIL_LINES:]
+    summary = f"{what} failed (exit {code})" + (f": {tail[-1].strip()}" if tail else "")
+    return StageFailed(failed, code, f"{what} failed (exit {code}):\n" + "\n".join(tail), summary)
 
 
 def parse_status(lines: list[str]) -> list[str]:

@@ -199,7 +199,18 @@ def test_make_run_starts_the_projects_server_once_and_says_what_it_produced(proj
         write_params(project, **{"train.epochs": 0})  # the validate stage's rule: at least 1
         bad = pipeline_command("run", home=home)
         assert bad.returncode == 2
-        assert "train.epochs = 0: must be greater than or equal to 1" in bad.stderr
+        assert bad.stderr.splitlines() == ["error: params.yaml: invalid params",
+                                           "  train.epochs = 0: must be greater than or equal to 1"]
+        write_params(project, **{"train.epochs": 1})
+
+        # A stage that fails: its own words in the log, one line at the end, its exit status.
+        dvc_yaml = project / "dvc.yaml"
+        dvc_yaml.write_text(dvc_yaml.read_text().replace(
+            "cmd: python -m classifier.prepare data/raw data/prepared",
+            "cmd: python -c \"import sys; print('corrupt image x.png', file=sys.stderr); sys.exit(3)\""))
+        failed = pipeline_command("run", home=home)
+        assert failed.returncode == 3 and "Traceback" not in failed.stderr
+        assert failed.stderr.splitlines()[-1] == "error: stage 'prepare' failed (exit 3): corrupt image x.png (its output is above)"
     finally:
         stopped = pipeline_command("server-stop", home=home)
     assert "stopped the local Prefect server" in stopped.stderr
