@@ -98,13 +98,24 @@ server: $(INSTALLED)  ## start a Prefect server on PREFECT_HOST:PREFECT_PORT (de
 
 worker deploy: export PREFECT_API_URL ?= http://$(PREFECT_HOST):$(PREFECT_PORT)/api
 
-worker: $(INSTALLED)  ## start a worker on work pool POOL=cpu|gpu (created if missing)
-	$(BIN)/prefect work-pool inspect '$(POOL)' >/dev/null 2>&1 || $(BIN)/prefect work-pool create '$(POOL)' --type process
-	$(BIN)/prefect worker start --pool '$(POOL)'
+# This project's flows send a heartbeat event every 30 s wherever they run (deployments: prefect.yaml's
+# job_variables), so that the `crash-silent-flow-runs` automation can tell a dead run from a live one.
+run retrain worker: export PREFECT_FLOWS_HEARTBEAT_FREQUENCY ?= 30
 
-deploy: $(INSTALLED)  ## register prefect.yaml's deployments (retrain-cpu, retrain-gpu, train-cpu) with the server
+# The worker runs with SIGINT at its default: one started from a script in the background
+# (`make worker &` in a non-interactive shell) inherits SIGINT ignored, and then Prefect's handler,
+# which re-raises the first SIGINT (or SIGTERM) against the handler it found, drops it; only the
+# second stops the worker. `exec`: the worker is make's own child, with no shell in between.
+DEFAULT_SIGINT := import os, signal, sys; signal.signal(signal.SIGINT, signal.SIG_DFL); os.execv(sys.argv[1], sys.argv[1:])
+
+worker: $(INSTALLED)  ## start a worker on work pool POOL=cpu|gpu (created if missing); stops on the first Ctrl-C
+	$(BIN)/prefect work-pool inspect '$(POOL)' >/dev/null 2>&1 || $(BIN)/prefect work-pool create '$(POOL)' --type process
+	exec $(BIN)/python -c '$(DEFAULT_SIGINT)' $(BIN)/prefect worker start --pool '$(POOL)'
+
+deploy: $(INSTALLED)  ## register prefect.yaml's deployments and automations (idempotent) with the server
 	for pool in cpu gpu; do $(BIN)/prefect work-pool inspect $$pool >/dev/null 2>&1 || $(BIN)/prefect work-pool create $$pool --type process; done
 	$(BIN)/prefect --no-prompt deploy --all
+	$(BIN)/python -m pipeline.automations --file prefect.yaml
 
 retrain: $(INSTALLED)  ## retrain BASE (default main) now, in a workspace of its own; promotes only if as good
 	$(BIN)/python -m pipeline retrain --base '$(BASE)' $(DEVICE_FLAG)

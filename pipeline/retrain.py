@@ -10,7 +10,12 @@ is configured. Then `dvc repro` decides: what the cache holds is restored, the r
 
 from __future__ import annotations
 
+import fcntl
+import logging
+import os
+import re
 import shutil
+import socket
 import subprocess
 import sys
 import tempfile
@@ -21,6 +26,7 @@ from pathlib import Path
 import yaml
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact
+from prefect.exceptions import MissingContextError
 
 from pipeline.device import PARAMS_FILE, check_device
 from pipeline.flows import train_pipeline
@@ -60,22 +66,35 @@ def open_workspace(repo: str, base: str, root: Path) -> tuple[Path, Path | None]
     """A unique checkout of `base`: a detached worktree of a local repo, or a clone of a URL.
 
     Returns the workspace and, for a worktree, the repo it belongs to (to share its DVC cache).
+    The workspace is never one a dead run left behind: those are removed first, and this run
+    holds the lock of its own until `close_workspace`.
     """
     workspace = root / f"retrain-{datetime.now(timezone.utc):%Y%m%dT%H%M%SZ}-{uuid.uuid4().hex[:8]}"
-    if is_url(repo):
-        git(root, "clone", "--quiet", "--branch", base, repo, str(workspace), what=f"cloning {repo}")
-        return workspace, None
-    local = Path(repo).resolve()
-    if not local.is_dir():
-        raise RetrainError(f"repo {repo!r} is not a folder or a git URL")
-    probe = subprocess.run(["git", "rev-parse", "--show-toplevel"], cwd=local, capture_output=True, text=True)
-    if probe.returncode != 0:
-        raise RetrainError(f"{local} is not a git repository (retrain needs one to branch from)")
-    top = Path(probe.stdout.strip())
-    if subprocess.run(["git", "rev-parse", "--verify", "--quiet", f"{base}^{{commit}}"], cwd=top,
-                      capture_output=True).returncode != 0:
-        raise RetrainError(f"base ref {base!r} does not exist in {top}")
-    git(top, "worktree", "add", "--quiet", "--detach", str(workspace), base, what="creating the retrain worktree")
+    local = None if is_url(repo) else Path(repo).resolve()
+    top = None
+    if local is not None:
+        if not local.is_dir():
+            raise RetrainError(f"repo {repo!r} is not a folder or a git URL")
+        probe = subprocess.run(["git", "rev-parse", "--show-toplevel"], cwd=local, capture_output=True, text=True)
+        if probe.returncode != 0:
+            raise RetrainError(f"{local} is not a git repository (retrain needs one to branch from)")
+        top = Path(probe.stdout.strip())
+        if subprocess.run(["git", "rev-parse", "--verify", "--quiet", f"{base}^{{commit}}"], cwd=top,
+                          capture_output=True).returncode != 0:
+            raise RetrainError(f"base ref {base!r} does not exist in {top}")
+    root.mkdir(parents=True, exist_ok=True)
+    for stale in remove_stale_workspaces(root, top):
+        _logger().info("removed %s, left by a retrain that died", stale)
+    _hold_workspace_lock(workspace)
+    try:
+        if top is None:
+            git(root, "clone", "--quiet", "--branch", base, repo, str(workspace), what=f"cloning {repo}")
+        else:
+            git(top, "worktree", "add", "--quiet", "--detach", str(workspace), base,
+                what="creating the retrain worktree")
+    except BaseException:
+        close_workspace(workspace, top)
+        raise
     return workspace, top
 
 
@@ -83,6 +102,111 @@ def close_workspace(workspace: Path, repo: Path | None) -> None:
     if repo is not None:
         subprocess.run(["git", "worktree", "remove", "--force", str(workspace)], cwd=repo, capture_output=True)
     shutil.rmtree(workspace, ignore_errors=True)
+    # The lock goes last: a workspace whose lock file is gone counts as stale.
+    descriptor = _workspace_locks.pop(workspace, None)
+    _lock_path(workspace).unlink(missing_ok=True)
+    if descriptor is not None:
+        os.close(descriptor)
+
+
+# A workspace's lock is `<workspace>.lock` beside it, flock'ed by the process that runs the retrain
+# for as long as the workspace lives. The kernel drops a flock when its process dies, however it dies
+# (SIGKILL, out of memory, the machine's power), so a workspace whose lock is free was left by a
+# dead run. Workspaces live on the machine that runs the retrain (the system's temp folder unless
+# `workspace_root` says otherwise), and so do their locks.
+WORKSPACE_NAME = re.compile(r"retrain-\d{8}T\d{6}Z-[0-9a-f]{8}")
+_workspace_locks: dict[Path, int] = {}
+
+
+def _lock_path(workspace: Path) -> Path:
+    return workspace.with_name(f"{workspace.name}.lock")
+
+
+def _hold_workspace_lock(workspace: Path) -> None:
+    """Create the lock file already locked (locked under a private name, then renamed into place), so
+    no other run ever sees it unlocked while this one lives."""
+    private = workspace.with_name(f".{workspace.name}.lock.{os.getpid()}")
+    descriptor = os.open(private, os.O_CREAT | os.O_WRONLY | os.O_TRUNC, 0o644)
+    try:
+        fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        os.write(descriptor, f"{socket.gethostname()} pid {os.getpid()}\n".encode())
+        os.replace(private, _lock_path(workspace))
+    except BaseException:
+        os.close(descriptor)
+        private.unlink(missing_ok=True)
+        raise
+    _workspace_locks[workspace] = descriptor
+
+
+def _take_free_lock(path: Path) -> int | None:
+    """The lock at `path` if no live process holds it (its descriptor, to close), else None."""
+    try:
+        descriptor = os.open(path, os.O_RDONLY)
+    except FileNotFoundError:
+        return None
+    try:
+        fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(descriptor)
+        return None
+    return descriptor
+
+
+def _private_lock_of_dead_process(name: str) -> bool:
+    prefix, _, pid = name.rpartition(".lock.")
+    if not (prefix.startswith(".") and WORKSPACE_NAME.fullmatch(prefix[1:]) and pid.isdigit()):
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    return False
+
+
+def remove_stale_workspaces(root: Path, repo: Path | None = None) -> list[Path]:
+    """Remove what dead retrains left in `root`: their workspaces (worktrees or clones) and lock files.
+
+    A workspace is stale when its lock file is missing or free. Returns the workspaces removed.
+    """
+    removed = []
+    try:
+        entries = sorted(root.iterdir())
+    except FileNotFoundError:
+        return removed
+    for entry in entries:
+        name = entry.name
+        if WORKSPACE_NAME.fullmatch(name) and entry.is_dir() and not entry.is_symlink():
+            lock = _lock_path(entry)
+            descriptor = _take_free_lock(lock)
+            if descriptor is None and lock.exists():
+                continue  # a live run's
+            try:
+                shutil.rmtree(entry, ignore_errors=True)
+                lock.unlink(missing_ok=True)
+            finally:
+                if descriptor is not None:
+                    os.close(descriptor)
+            removed.append(entry)
+        elif (name.endswith(".lock") and WORKSPACE_NAME.fullmatch(name.removesuffix(".lock"))
+              and not entry.with_suffix("").exists()) or _private_lock_of_dead_process(name):
+            # A lock without its workspace, or one that never made it past its private name.
+            descriptor = _take_free_lock(entry)
+            if descriptor is not None:
+                entry.unlink(missing_ok=True)
+                os.close(descriptor)
+    if repo is not None:
+        # Forget the worktrees whose folders are gone (this run's repo; another repo prunes its own).
+        subprocess.run(["git", "worktree", "prune"], cwd=repo, capture_output=True)
+    return removed
+
+
+def _logger():
+    try:
+        return get_run_logger()
+    except MissingContextError:
+        return logging.getLogger(__name__)
 
 
 def has_dvc_remote(workspace: Path) -> bool:

@@ -16,3 +16,12 @@ def prefect_harness():
 
     with prefect_test_harness(server_startup_timeout=120):
         yield
+
+
+@pytest.fixture
+def server(tmp_path):
+    """A real `prefect server` on a free port of 127.0.0.1 (tests/pipeline/prefect_server.py): (api url, env)."""
+    from tests.pipeline.prefect_server import prefect_server
+
+    with prefect_server(tmp_path) as running:
+        yield running

@@ -1,0 +1,156 @@
+"""A real `prefect server` and workers on 127.0.0.1 for the loopback tests, and the REST calls they make."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from contextlib import contextmanager
+from datetime import datetime
+from pathlib import Path
+
+import httpx
+
+from tests.conftest import subprocess_env
+
+VENV_BIN = Path(sys.executable).parent
+PREFECT = str(VENV_BIN / "prefect")
+FINAL = {"COMPLETED", "FAILED", "CANCELLED", "CRASHED"}
+# The Makefile's own targets, run in a copy of the project with this interpreter's venv: `-o` keeps
+# make from (re)installing a venv into the copy.
+MAKE = ["make", "--no-print-directory", "-o", ".venv/.installed", f"BIN={VENV_BIN}"]
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def stop(process: subprocess.Popen) -> None:
+    """Stop a process we started, and its children, by its process group id."""
+    if process.poll() is None:
+        os.killpg(process.pid, signal.SIGTERM)
+        try:
+            process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+
+
+def wait_for(predicate, what: str, limit_s: float = 300):
+    deadline = time.monotonic() + limit_s
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(1)
+    raise AssertionError(f"gave up waiting for {what}")
+
+
+@contextmanager
+def prefect_server(folder: Path):
+    """A `prefect server start` on a free port, its home and log in `folder`: yields (api url, env for clients)."""
+    port = free_port()
+    api = f"http://127.0.0.1:{port}/api"
+    env = subprocess_env(PREFECT_HOME=str(folder / "prefect-home"), PREFECT_SERVER_ANALYTICS_ENABLED="false",
+                         DO_NOT_TRACK="1", PREFECT_WORKER_QUERY_SECONDS="1", PREFECT_API_URL=api)
+    log = open(folder / "server.log", "w")
+    process = subprocess.Popen([PREFECT, "server", "start", "--host", "127.0.0.1", "--port", str(port)],
+                               env={k: v for k, v in env.items() if k != "PREFECT_API_URL"},
+                               stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        def healthy():
+            try:
+                return httpx.get(f"{api}/health", timeout=2).status_code == 200
+            except httpx.HTTPError:
+                assert process.poll() is None, (folder / "server.log").read_text()
+                return False
+        wait_for(healthy, "the Prefect server", 120)
+        yield api, env
+    finally:
+        stop(process)
+        log.close()
+
+
+def api_call(api: str, method: str, path: str, **kwargs):
+    # The server answers 503 while SQLite is busy; Prefect's own client retries those, so do we.
+    for attempt in range(6):
+        response = httpx.request(method, f"{api}{path}", timeout=30, **kwargs)
+        if response.status_code != 503:
+            break
+        time.sleep(0.5 * 2**attempt)
+    response.raise_for_status()
+    return response.json()
+
+
+def run_deployment(api: str, deployment_id: str, parameters: dict | None = None) -> str:
+    return api_call(api, "POST", f"/deployments/{deployment_id}/create_flow_run",
+                    json={"parameters": parameters} if parameters else {})["id"]
+
+
+def final_state(api: str, flow_run_id: str, limit_s: float = 300) -> str:
+    def state():
+        kind = api_call(api, "GET", f"/flow_runs/{flow_run_id}")["state"]["type"]
+        return kind if kind in FINAL else None
+    return wait_for(state, f"flow run {flow_run_id} to finish", limit_s)
+
+
+def state_history(api: str, flow_run_id: str) -> list[dict]:
+    """Every state the flow run has been in, oldest first."""
+    states = api_call(api, "GET", "/flow_run_states/", params={"flow_run_id": flow_run_id})
+    return sorted(states, key=lambda state: state["timestamp"])
+
+
+def heartbeats(api: str, flow_run_id: str) -> list[datetime]:
+    """When the flow run's heartbeat events occurred, as the server has stored them, oldest first."""
+    found = api_call(api, "POST", "/events/filter", json={"limit": 50, "filter": {
+        "event": {"name": ["prefect.flow-run.heartbeat"]},
+        "resource": {"id": [f"prefect.flow-run.{flow_run_id}"]}}})
+    return sorted(datetime.fromisoformat(event["occurred"]) for event in found["events"])
+
+
+def automations_named(api: str, name: str) -> list[dict]:
+    return api_call(api, "POST", "/automations/filter", json={"automations": {"name": {"any_": [name]}}})
+
+
+def make_deploy(project: Path, env: dict) -> subprocess.CompletedProcess:
+    """`make deploy` in `project`: work pools, prefect.yaml's deployments and automations."""
+    return subprocess.run([*MAKE, "deploy"], cwd=project, env=env, capture_output=True, text=True, timeout=300)
+
+
+def start_worker(project: Path, env: dict, log: Path, pool: str = "cpu", ignore_sigint: bool = False) -> subprocess.Popen:
+    """`make worker POOL=pool` in a session of its own. ignore_sigint: as a script's `make worker &` starts it."""
+    def ignore():
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+    return subprocess.Popen([*MAKE, "worker", f"POOL={pool}"], cwd=project, env=env, stdout=log.open("w"),
+                            stderr=subprocess.STDOUT, start_new_session=True,
+                            preexec_fn=ignore if ignore_sigint else None)
+
+
+def descendants(pid: int) -> list[int]:
+    """The processes below `pid`, parents before their children (read from /proc: Linux)."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                # The command name sits in parentheses and may hold spaces: the fields after it are fixed.
+                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            except (OSError, IndexError):
+                continue
+            children.setdefault(int(fields[1]), []).append(int(entry.name))
+    found, frontier = [], [pid]
+    while frontier:
+        frontier = [child for parent in frontier for child in children.get(parent, [])]
+        found += frontier
+    return found
+
+
+def command_line(pid: int) -> str:
+    try:
+        return (Path("/proc") / str(pid) / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+    except OSError:
+        return ""
