@@ -5,7 +5,6 @@ import hashlib
 import io
 import json
 import os
-import re
 import resource
 import signal
 import subprocess
@@ -15,11 +14,8 @@ from pathlib import Path
 
 import pytest
 import torch
-import yaml
 
-from classifier.datasets import RemoteFile
 from classifier.download import download
-from classifier.files import file_digest
 from classifier.params import validate_params
 from tests.conftest import PROJECT_ROOT, idx_bytes, subprocess_env, tiny_images
 from tests.mirror import Mirror, MirrorScript

@@ -8,7 +8,7 @@ from classifier.data import InMemorySplit, Normalization, batches
 from classifier.model import NeuralNetwork, resolve_device
 from classifier.params import TrainParams
 from classifier.serialization import load_weights_only, to_bytes
-from classifier.train import fit, history_csv, make_optimizer, train_epoch
+from classifier.train import fit, history_csv, make_optimizer
 from tests.conftest import tiny_images
 
 NORMALIZATION = Normalization(mean=0.2, std=0.3)
