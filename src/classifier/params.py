@@ -48,8 +48,25 @@ class Section(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
 
 
+def _check_folder(location: str) -> str:
+    if not location.strip() or location != location.strip():
+        raise ValueError("must be a folder path or a URL, without surrounding spaces")
+    if "${" in location or any(char in location for char in '"\n\r'):
+        raise ValueError("must be a plain path or URL (it is templated into dvc.yaml)")
+    return location
+
+
+FolderLocation = Annotated[str, AfterValidator(_check_folder)]
+
+
 class DataParams(Section):
     dataset: DatasetName
+    # The ImageFolder tree for `dataset: folder`: a path (relative to the project, or absolute) or any
+    # URL DVC reads (s3://, https://, ssh://, ...). dvc.yaml's download stage depends on it, so DVC
+    # notices when its content changes; with another dataset it is a dependency and nothing more.
+    folder: FolderLocation = "images"
+    # Every image becomes image_size x image_size grayscale uint8 (classifier.images).
+    image_size: int = Field(default=28, ge=4, le=1024)
     val_fraction: float = Field(gt=0, lt=0.5)
     test_fraction: float = Field(gt=0, lt=0.5)
     mirrors: dict[RemoteDatasetName, Annotated[list[MirrorUrl], Field(min_length=1)]]

@@ -17,13 +17,12 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
 
 from classifier.cli import UserError, run
 from classifier.data import Normalization
 from classifier.files import sha256_bytes
+from classifier.images import read_image as read_model_input
 from classifier.model import NeuralNetwork, logits_for
 from classifier.serialization import load_weights_only
 
@@ -52,16 +51,10 @@ def load_model(model_path: Path, card: dict) -> NeuralNetwork:
 
 
 def read_image(path: Path, shape: Sequence[int]) -> torch.Tensor:
-    try:
-        with Image.open(path) as image:
-            gray = image.convert("L")
-            if gray.size != (shape[1], shape[0]):
-                gray = gray.resize((shape[1], shape[0]), Image.Resampling.BILINEAR)
-            return torch.from_numpy(np.array(gray, dtype=np.uint8))
-    except UnidentifiedImageError:
-        raise UserError(f"{path}: not an image file") from None
-    except OSError as error:
-        raise UserError(f"{path}: cannot read ({error.strerror or error})") from None
+    """The image as training saw its kind: classifier.images, the function prepare uses."""
+    if shape[0] != shape[1]:
+        raise UserError(f"model input shape {list(shape)} is not square; this predict reads square images only")
+    return torch.from_numpy(read_model_input(path, shape[0]))
 
 
 # Training digits are light strokes on a black field, so their border is near 0; a border this

@@ -1,33 +1,43 @@
-"""Stage `prepare`: turn any raw source into one canonical format and a fixed, stratified split.
+"""Stage `prepare`: turn any raw source into one canonical format and a stable, hash-based split.
 
     python -m classifier.prepare data/raw data/prepared
 
-Writes `{train,val,test}_images.npy` (uint8, N x 28 x 28), `{train,val,test}_labels.npy`
-(int64) and `meta.json` (dataset, classes, image shape, normalisation, counts). numpy only:
-this stage does not import torch.
+Writes `{train,val,test}_images.npy` (uint8, N x S x S, S = data.image_size),
+`{train,val,test}_labels.npy` (int64), `manifest.csv` (one row per image: path, class, sha256,
+split) and `meta.json` (dataset, classes, image shape, normalisation, counts, the data's
+fingerprint). numpy, pandas and PIL only: this stage does not import torch.
+
+Each image's split is a function of its content hash and `seed` alone, so adding images never
+moves an existing one between train, val and test, and a champion's test images stay test images.
 """
 
 from __future__ import annotations
 
 import gzip
+import hashlib
 import io
 import logging
+import os
 import sys
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 
 from classifier.cli import UserError, run, stage_parser
 from classifier.datasets import BUNDLED_MNIST_5K, DATASETS, IDX_ROLES
-from classifier.files import atomic_write_bytes, atomic_write_json
+from classifier.files import atomic_write_bytes, atomic_write_json, atomic_write_text, sha256_bytes
+from classifier.images import array_to_model_input, decode, is_image_file
 from classifier.params import DataParams, load_params
 
 log = logging.getLogger("prepare")
 
 SPLITS = ("train", "val", "test")
-IMAGE_SIDE = 28
+IMAGE_SIDE = 28  # the MNIST family's files
 IDX_MAGIC = {3: 0x00000803, 1: 0x00000801}  # IDX type 0x08 (uint8), then the number of dimensions
+MANIFEST_COLUMNS = ("path", "class", "sha256", "split")
 
 
 def read_mnist_5k(path: Path) -> tuple[np.ndarray, np.ndarray]:
@@ -55,48 +65,123 @@ def read_idx(path: Path, dimensions: int) -> np.ndarray:
     return body.reshape(shape)
 
 
-def stratified_holdout(labels: np.ndarray, fraction: float, rng: np.random.Generator) -> np.ndarray:
-    """Boolean mask choosing round(fraction * n_c) items of every class c, at random."""
-    holdout = np.zeros(len(labels), dtype=bool)
-    for label in np.unique(labels):
-        members = np.flatnonzero(labels == label)
-        chosen = rng.permutation(members)[: round(fraction * len(members))]
-        holdout[chosen] = True
-    return holdout
+@dataclass
+class Source:
+    """Every image of a data set, in source order, before splitting."""
+
+    images: np.ndarray  # N x S x S uint8, as the model sees them
+    labels: np.ndarray  # int64 class indices
+    classes: list[str]
+    paths: list[str]  # where each image came from: a file under the folder, or `file#row`
+    hashes: list[str]  # sha256 of each image's content: the file's bytes, or an array's pixels
+    official_test: np.ndarray | None  # bool mask of an official test split, or None
 
 
-def split(
-    images: np.ndarray,
-    labels: np.ndarray,
-    data_params: DataParams,
-    seed: int,
-    official_test: tuple[np.ndarray, np.ndarray] | None,
-) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    rng = np.random.default_rng(seed)
+def unit_interval(content_hash: str, seed: int) -> float:
+    """A number in [0, 1) fixed by the image's content hash and the seed, uniform over images."""
+    digest = hashlib.sha256(seed.to_bytes(8, "little") + bytes.fromhex(content_hash)).digest()
+    return int.from_bytes(digest[:8], "big") / 2.0**64
+
+
+def assign_splits(hashes: Sequence[str], seed: int, data_params: DataParams,
+                  official_test: np.ndarray | None = None) -> np.ndarray:
+    """Each image's split from its hash and the seed only: test below test_fraction (unless the data
+    set has an official test split), then val for val_fraction of the rest, train otherwise."""
+    draws = np.fromiter((unit_interval(h, seed) for h in hashes), dtype=np.float64, count=len(hashes))
     if official_test is None:
-        test_mask = stratified_holdout(labels, data_params.test_fraction, rng)
-        official_test = images[test_mask], labels[test_mask]
-        images, labels = images[~test_mask], labels[~test_mask]
-    val_mask = stratified_holdout(labels, data_params.val_fraction, rng)
-    return {
-        "train": (images[~val_mask], labels[~val_mask]),
-        "val": (images[val_mask], labels[val_mask]),
-        "test": official_test,
-    }
+        test = draws < data_params.test_fraction
+        pool_draws = (draws - data_params.test_fraction) / (1.0 - data_params.test_fraction)
+    else:
+        test = np.asarray(official_test, dtype=bool)
+        pool_draws = draws
+    val = ~test & (pool_draws < data_params.val_fraction)
+    return np.where(test, "test", np.where(val, "val", "train"))
 
 
-def read_raw(raw_dir: Path, dataset: str):
-    """Returns (images, labels, official test split or None)."""
-    spec = DATASETS[dataset]
-    if spec.remote_files is None:
+def pixel_hashes(images: np.ndarray) -> list[str]:
+    return [sha256_bytes(image.tobytes()) for image in np.ascontiguousarray(images, dtype=np.uint8)]
+
+
+def array_source(images: np.ndarray, labels: np.ndarray, classes: Sequence[str], paths: Sequence[str],
+                 size: int, official_test: np.ndarray | None = None) -> Source:
+    # Hash the pixels as stored (before any resize), so an image's split does not follow image_size.
+    hashes = pixel_hashes(images)
+    if images.shape[1:] != (size, size):
+        images = np.stack([array_to_model_input(image, size) for image in images])
+    return Source(images, labels.astype(np.int64), list(classes), list(paths), hashes, official_test)
+
+
+def find_images(root: Path) -> tuple[list[str], list[tuple[str, int]]]:
+    """ImageFolder's walk: the classes are root's sub-folders, sorted; each class's image files
+    (by extension, in any depth, sorted) in order. Returns the classes and (relative path, class index)."""
+    if not root.is_dir():
+        raise UserError(f"{root}: no such folder; data.folder must hold one sub-folder per class")
+    classes = sorted(entry.name for entry in os.scandir(root) if entry.is_dir())
+    if len(classes) < 2:
+        found = f"only {classes[0]!r}" if classes else "none"
+        raise UserError(f"{root}: needs at least two class folders (<folder>/<class>/<image>), found {found}")
+    files = []
+    for index, name in enumerate(classes):
+        before = len(files)
+        for folder, subfolders, names in sorted(os.walk(root / name, followlinks=True)):
+            subfolders.sort()
+            files += [(os.path.relpath(os.path.join(folder, file), root), index)
+                      for file in sorted(names) if is_image_file(file)]
+        if len(files) == before:
+            raise UserError(f"{root / name}: class folder {name!r} holds no image files "
+                            "(.jpg .jpeg .png .ppm .bmp .pgm .tif .tiff .webp)")
+    return classes, files
+
+
+def folder_source(root: Path, size: int, shown_as: str | None = None) -> Source:
+    """Every image file of an ImageFolder tree, decoded through classifier.images. A file that does
+    not decode stops prepare, named as the user knows it (`shown_as`/relative path)."""
+    classes, files = find_images(root)
+    images = np.empty((len(files), size, size), dtype=np.uint8)
+    hashes = []
+    for row, (relative, _) in enumerate(files):
+        path = root / relative
+        try:
+            data = path.read_bytes()
+        except OSError as error:
+            raise UserError(f"{path}: cannot read ({error.strerror or error})") from None
+        hashes.append(sha256_bytes(data))
+        shown = f"{shown_as.rstrip('/')}/{relative} ({path})" if shown_as else str(path)
+        images[row] = decode(data, size, shown)
+    labels = np.fromiter((index for _, index in files), dtype=np.int64, count=len(files))
+    return Source(images, labels, classes, [relative for relative, _ in files], hashes, None)
+
+
+def read_raw(raw_dir: Path, data_params: DataParams) -> Source:
+    spec = DATASETS[data_params.dataset]
+    size = data_params.image_size
+    if spec.kind == "folder":
+        return folder_source(raw_dir, size, shown_as=data_params.folder)
+    if spec.kind == "bundled":
         images, labels = read_mnist_5k(raw_dir / BUNDLED_MNIST_5K)
-        return images, labels, None
-    paths = dict(zip(IDX_ROLES, (raw_dir / remote.name for remote in spec.remote_files)))
-    return (
-        read_idx(paths["train_images"], 3),
-        read_idx(paths["train_labels"], 1).astype(np.int64),
-        (read_idx(paths["test_images"], 3), read_idx(paths["test_labels"], 1).astype(np.int64)),
-    )
+        paths = [f"{BUNDLED_MNIST_5K}#{row}" for row in range(len(labels))]
+        return array_source(images, labels, spec.classes, paths, size)
+    files = dict(zip(IDX_ROLES, (remote.name for remote in spec.remote_files)))
+    train_images, test_images = (read_idx(raw_dir / files[role], 3) for role in ("train_images", "test_images"))
+    train_labels, test_labels = (read_idx(raw_dir / files[role], 1) for role in ("train_labels", "test_labels"))
+    paths = ([f"{files['train_images']}#{row}" for row in range(len(train_labels))]
+             + [f"{files['test_images']}#{row}" for row in range(len(test_labels))])
+    official_test = np.concatenate([np.zeros(len(train_labels), bool), np.ones(len(test_labels), bool)])
+    return array_source(np.concatenate([train_images, test_images]),
+                        np.concatenate([train_labels, test_labels]).astype(np.int64),
+                        spec.classes, paths, size, official_test)
+
+
+def manifest(source: Source, splits: np.ndarray) -> pd.DataFrame:
+    names = np.asarray(source.classes, dtype=object)
+    return pd.DataFrame({"path": source.paths, "class": names[source.labels], "sha256": source.hashes,
+                         "split": splits}, columns=list(MANIFEST_COLUMNS))
+
+
+def data_fingerprint(table: pd.DataFrame) -> str:
+    """What the data set is, independent of file names and order: sha256 of its sorted (sha256, class) pairs."""
+    lines = sorted(f"{digest} {name}\n" for digest, name in zip(table["sha256"], table["class"]))
+    return f"sha256:{hashlib.sha256(''.join(lines).encode()).hexdigest()}"
 
 
 def _npy_bytes(array: np.ndarray) -> bytes:
@@ -105,23 +190,53 @@ def _npy_bytes(array: np.ndarray) -> bytes:
     return buffer.getvalue()
 
 
-def write_prepared(out_dir: Path, splits: dict, dataset: str) -> dict:
+def split_arrays(source: Source, splits: np.ndarray) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Each split's images and labels, in source order."""
+    for name in SPLITS:
+        if not (splits == name).any():
+            raise UserError(f"{len(splits)} images leave the {name} split empty; add images "
+                            f"or raise data.{'test' if name == 'test' else 'val'}_fraction")
+    return {name: (source.images[splits == name], source.labels[splits == name]) for name in SPLITS}
+
+
+def write_prepared(out_dir: Path, splits: dict, dataset: str, classes: Sequence[str] | None = None,
+                   table: pd.DataFrame | None = None) -> dict:
+    """The split arrays, meta.json and (given `table`) manifest.csv. `classes` defaults to the
+    dataset's own; the fingerprint is the manifest's, or else the pixels' and labels'."""
+    classes = list(classes if classes is not None else DATASETS[dataset].classes)
+    if table is None:
+        names = np.asarray(classes, dtype=object)
+        table = pd.DataFrame({"sha256": [h for n in SPLITS for h in pixel_hashes(splits[n][0])],
+                              "class": [c for n in SPLITS for c in names[splits[n][1]]]})
+        write_table = False
+    else:
+        write_table = True
     train_images = splits["train"][0]
     scaled = train_images.astype(np.float64) / 255.0
     meta = {
         "dataset": dataset,
-        "classes": list(DATASETS[dataset].classes),
+        "classes": classes,
         "image_shape": list(train_images.shape[1:]),
         # Statistics of the training split only, so nothing leaks from validation or test.
         "normalization": {"mean": round(float(scaled.mean()), 6), "std": round(float(scaled.std()), 6)},
         "samples": {name: int(len(splits[name][1])) for name in SPLITS},
+        "fingerprint": data_fingerprint(table),
     }
     for name in SPLITS:
         images, labels = splits[name]
         atomic_write_bytes(out_dir / f"{name}_images.npy", _npy_bytes(images.astype(np.uint8)))
         atomic_write_bytes(out_dir / f"{name}_labels.npy", _npy_bytes(labels.astype(np.int64)))
+    if write_table:
+        atomic_write_text(out_dir / "manifest.csv", table.to_csv(index=False, lineterminator="\n"))
     atomic_write_json(out_dir / "meta.json", meta)
     return meta
+
+
+def prepare(raw_dir: Path, data_params: DataParams, seed: int, out_dir: Path) -> dict:
+    source = read_raw(raw_dir, data_params)
+    splits = assign_splits(source.hashes, seed, data_params, source.official_test)
+    arrays = split_arrays(source, splits)  # checked before anything is written
+    return write_prepared(out_dir, arrays, data_params.dataset, source.classes, manifest(source, splits))
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -130,10 +245,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("prepared_dir", type=Path, help="folder for the prepared split (a DVC out)")
     args = parser.parse_args(argv)
     params = load_params(args.params)
-    images, labels, official_test = read_raw(args.raw_dir, params.data.dataset)
-    splits = split(images, labels, params.data, params.seed, official_test)
-    meta = write_prepared(args.prepared_dir, splits, params.data.dataset)
-    log.info("%s: %s", meta["dataset"], ", ".join(f"{n} {c}" for n, c in meta["samples"].items()))
+    meta = prepare(args.raw_dir, params.data, params.seed, args.prepared_dir)
+    log.info("%s: %d classes, %s (data %s)", meta["dataset"], len(meta["classes"]),
+             ", ".join(f"{n} {c}" for n, c in meta["samples"].items()), meta["fingerprint"][:19])
 
 
 if __name__ == "__main__":

@@ -193,6 +193,8 @@ def candidate_info(architecture: dict, data_meta: dict, params, device: torch.de
         "classes": data_meta["classes"],
         "input_shape": data_meta["image_shape"],
         "normalization": data_meta["normalization"],
+        # What it learnt from: the data set's fingerprint (prepare's manifest); the counts come from metrics.
+        "data_fingerprint": data_meta.get("fingerprint"),
         "params": trained_with(params),
         "trained_on": device.type,
         "torch_version": torch.__version__,

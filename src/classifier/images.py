@@ -1,0 +1,62 @@
+"""Images in: the one way a picture becomes model input, shared by prepare (training) and predict
+(serving), so serving sees exactly what training saw.
+
+Any size or mode -> grayscale ("L", ITU-R 601-2 luma) -> `size` x `size` (bilinear, only when the
+size differs) -> uint8 H x W. No torch: prepare does not import it.
+"""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from classifier.cli import UserError
+
+# TorchVision's ImageFolder rule (torchvision.datasets.folder.IMG_EXTENSIONS): a file counts as an
+# image by its extension, case-insensitive; anything else in the tree is ignored.
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
+
+
+def is_image_file(name: str) -> bool:
+    return name.lower().endswith(IMAGE_EXTENSIONS)
+
+
+def to_model_input(image: Image.Image, size: int) -> np.ndarray:
+    """A decoded image as the model sees it: grayscale uint8, size x size."""
+    gray = image.convert("L")
+    if gray.size != (size, size):
+        gray = gray.resize((size, size), Image.Resampling.BILINEAR)
+    return np.array(gray, dtype=np.uint8)  # a writable copy (torch.from_numpy warns on a read-only one)
+
+
+def array_to_model_input(pixels: np.ndarray, size: int) -> np.ndarray:
+    """A uint8 H x W array (the IDX and CSV sources) through the same path as a file."""
+    if pixels.shape == (size, size):
+        return np.ascontiguousarray(pixels, dtype=np.uint8)
+    return to_model_input(Image.fromarray(np.ascontiguousarray(pixels, dtype=np.uint8), mode="L"), size)
+
+
+def decode(data: bytes | Path, size: int, source: Path | str) -> np.ndarray:
+    """Decode an image file (its bytes, or its path) to model input; a file that is not a readable
+    image raises a UserError naming `source`."""
+    import io
+
+    try:
+        with Image.open(io.BytesIO(data) if isinstance(data, bytes) else data) as image:
+            image.load()  # a truncated file fails here, not later
+            return to_model_input(image, size)
+    except UnidentifiedImageError:
+        raise UserError(f"{source}: not an image file, or a corrupt one (PIL cannot identify it)") from None
+    except (OSError, SyntaxError, ValueError) as error:  # PIL reports truncated and bad data as these
+        raise UserError(f"{source}: cannot decode the image ({error})") from None
+
+
+def read_image(path: Path, size: int) -> np.ndarray:
+    try:
+        data = Path(path).read_bytes()
+    except OSError as error:
+        raise UserError(f"{path}: cannot read ({error.strerror or error})") from None
+    return decode(data, size, path)

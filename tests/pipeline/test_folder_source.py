@@ -1,0 +1,66 @@
+"""The folder source under real `dvc repro`: DVC notices a grown folder, splits never move, a bad image stops prepare."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from classifier.export_folder import export
+from classifier.files import file_digest
+from tests.conftest import commit_all, dvc, write_params
+
+pytestmark = pytest.mark.slow
+
+
+def export_mnist_5k(root, start: int, stop: int) -> None:
+    """MNIST-5k images start..stop-1 (interleaved: every digit in turn) as root/<digit>/<row>.png."""
+    export(root, start, stop)
+
+
+def manifest(project) -> pd.DataFrame:
+    return pd.read_csv(project / "data/prepared/manifest.csv", dtype=str, keep_default_na=False)
+
+
+def test_a_grown_folder_reruns_the_pipeline_and_no_image_changes_split(project, tmp_path):
+    tree = tmp_path / "digits"
+    export_mnist_5k(tree, 0, 600)
+    write_params(project, **{"data.dataset": "folder", "data.folder": str(tree)})
+    commit_all(project, "train on a folder")
+    dvc(project, "repro", "-q")
+    first = manifest(project)
+    assert len(first) == 600 and json.loads((project / "models/model.json").read_text())["data_fingerprint"]
+
+    assert "changed deps" not in dvc(project, "status").stdout
+    export_mnist_5k(tree, 600, 1000)
+    status = dvc(project, "status").stdout
+    assert "download" in status and "modified:" in status and str(tree) in status  # DVC's own change detection
+    dvc(project, "repro", "-q")
+    second = manifest(project)
+    assert len(second) == 1000
+    moved = first.merge(second, on="path", suffixes=("_first", "_second"))
+    assert len(moved) == 600 and (moved["split_first"] == moved["split_second"]).all()
+    card = json.loads((project / "models/model.json").read_text())
+    assert card["samples"] == second["split"].value_counts().to_dict()
+    assert card["data_fingerprint"] == json.loads((project / "data/prepared/meta.json").read_text())["fingerprint"]
+
+    # A corrupt image stops prepare with its name; train, evaluate and save never run.
+    model, metrics = file_digest(project / "models/candidate.pth"), (project / "metrics/metrics.json").read_text()
+    (tree / "3" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n truncated")
+    failed = dvc(project, "repro", check=False)
+    assert failed.returncode != 0
+    assert f"{tree}/3/broken.png" in failed.stdout + failed.stderr
+    assert "Running stage 'train'" not in failed.stdout
+    assert file_digest(project / "models/candidate.pth") == model
+    assert (project / "metrics/metrics.json").read_text() == metrics
+
+
+def test_the_default_stays_mnist_5k_offline_with_a_hash_split(project):
+    dvc(project, "repro", "-q")
+    table = manifest(project)
+    meta = json.loads((project / "data/prepared/meta.json").read_text())
+    assert meta["dataset"] == "mnist-5k" and len(table) == 5000
+    assert meta["samples"] == table["split"].value_counts().to_dict()
+    assert np.isclose(meta["samples"]["test"] / 5000, 0.2, atol=0.03)
