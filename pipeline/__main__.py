@@ -160,6 +160,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "run" and (problem := params_problem(project)):
         say(f"error: {problem}")  # before anything starts: the key, the value and the rule
         return 2
+    # A server's automations tell a live run from a dead one by its heartbeats (prefect.yaml: Crashed
+    # after 90 s of silence); Prefect's default, one every 180 s, would get a live run crashed.
+    os.environ.setdefault("PREFECT_FLOWS_HEARTBEAT_FREQUENCY", "30")
     local = connect(project)
     from pipeline.device import DeviceError
     from pipeline.stages import PipelineError, StageFailed
