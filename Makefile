@@ -91,10 +91,31 @@ PREFECT_HOST ?= 127.0.0.1
 PREFECT_PORT ?= 4200
 POOL ?= cpu
 
-.PHONY: server worker deploy retrain
+# The server's auth string (README, "Scaling out"): PREFECT_SERVER_API_AUTH_STRING on the server and
+# PREFECT_API_AUTH_STRING on every client, each read from the environment or else from this file,
+# which git ignores (/.prefect/). It travels in the environment only, never on a command line.
+PREFECT_AUTH_FILE ?= $(CURDIR)/.prefect/auth
+ifeq ($(origin PREFECT_API_AUTH_STRING),undefined)
+PREFECT_AUTH_FROM_FILE := $(strip $(shell cat '$(PREFECT_AUTH_FILE)' 2>/dev/null))
+ifneq ($(PREFECT_AUTH_FROM_FILE),)
+run retrain worker deploy: export PREFECT_API_AUTH_STRING := $(PREFECT_AUTH_FROM_FILE)
+endif
+endif
+NO_AUTH_STRING = refusing to serve on $(PREFECT_HOST) without an auth string: run 'make auth-string' (writes $(PREFECT_AUTH_FILE)) or export PREFECT_SERVER_API_AUTH_STRING
 
-server: $(INSTALLED)  ## start a Prefect server on PREFECT_HOST:PREFECT_PORT (default 127.0.0.1:4200)
-	$(BIN)/prefect server start --host '$(PREFECT_HOST)' --port '$(PREFECT_PORT)'
+.PHONY: server worker deploy retrain auth-string
+
+auth-string:  ## write a new random auth string to PREFECT_AUTH_FILE (mode 600); restart the server and workers to use it
+	@mkdir -p '$(dir $(PREFECT_AUTH_FILE))' && umask 077 && $(PYTHON) -c 'import secrets; print(secrets.token_urlsafe(32))' > '$(PREFECT_AUTH_FILE).new' && mv '$(PREFECT_AUTH_FILE).new' '$(PREFECT_AUTH_FILE)'
+	@echo "make auth-string: wrote a new auth string to $(PREFECT_AUTH_FILE); copy it to each worker's checkout, then restart the server and the workers"
+
+# Beyond loopback the server answers only clients that hold its auth string; on loopback one is optional.
+server: $(INSTALLED)  ## start a Prefect server on PREFECT_HOST:PREFECT_PORT (default 127.0.0.1:4200); beyond loopback, with authentication
+	@secret="$${PREFECT_SERVER_API_AUTH_STRING:-$$(cat '$(PREFECT_AUTH_FILE)' 2>/dev/null)}"; \
+	case '$(PREFECT_HOST)' in 127.*|localhost|::1) ;; *) if [ -z "$$secret" ]; then echo "make server: $(NO_AUTH_STRING)" >&2; exit 2; fi;; esac; \
+	if [ -n "$$secret" ]; then export PREFECT_SERVER_API_AUTH_STRING="$$secret"; echo "make server: authentication on (clients need PREFECT_API_AUTH_STRING or $(PREFECT_AUTH_FILE))"; \
+	else unset PREFECT_SERVER_API_AUTH_STRING; fi; \
+	exec $(BIN)/prefect server start --host '$(PREFECT_HOST)' --port '$(PREFECT_PORT)'
 
 worker deploy: export PREFECT_API_URL ?= http://$(PREFECT_HOST):$(PREFECT_PORT)/api
 

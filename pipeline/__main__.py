@@ -41,11 +41,17 @@ def connect(project: Path) -> bool:
     os.environ.setdefault("PREFECT_HOME", str(project / ".prefect"))
     for key, value in QUIET_DEFAULTS.items():
         os.environ.setdefault(key, value)
-    from pipeline.local_server import LocalServerError, ensure_server, healthy
+    from pipeline.local_server import CredentialsRefused, LocalServerError, ensure_server, healthy
 
     url = os.environ.get("PREFECT_API_URL")
     if url:
-        if not healthy(url.rstrip("/")):
+        try:
+            answers = healthy(url.rstrip("/"))
+        except CredentialsRefused:
+            raise SystemExit(f"error: the server refused the credentials: set PREFECT_API_AUTH_STRING to the auth string "
+                             f"the Prefect server at PREFECT_API_URL={url} was started with (or put it in .prefect/auth "
+                             "and use make)") from None
+        if not answers:
             raise SystemExit(f"error: the Prefect server at PREFECT_API_URL={url} is unreachable; start it with "
                              "`make server`, or unset PREFECT_API_URL to use the project's local server")
         return False

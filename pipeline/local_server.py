@@ -10,6 +10,7 @@ a stale file (the server died) is noticed by its health check and the server res
 
 from __future__ import annotations
 
+import base64
 import fcntl
 import json
 import os
@@ -18,6 +19,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 from collections.abc import Callable
 from contextlib import contextmanager
@@ -33,10 +35,28 @@ class LocalServerError(RuntimeError):
     """The local server could not be started; the message says why and where its log is."""
 
 
+class CredentialsRefused(RuntimeError):
+    """The server answers, but not to this client: its auth string is missing or wrong."""
+
+
+def auth_header() -> dict[str, str]:
+    """Prefect's basic-auth header for PREFECT_API_AUTH_STRING, as its own client sends it; none when unset."""
+    secret = os.environ.get("PREFECT_API_AUTH_STRING")
+    return {"Authorization": "Basic " + base64.b64encode(secret.encode()).decode()} if secret else {}
+
+
 def healthy(url: str, timeout_s: float = 2.0) -> bool:
+    """Whether the Prefect API at `url` answers this client. A server with an auth string answers
+    /health to anyone, so ask /admin/version, which it answers only with the credentials;
+    a 401 raises CredentialsRefused rather than reading as "down"."""
+    request = urllib.request.Request(f"{url}/admin/version", headers=auth_header())
     try:
-        with urllib.request.urlopen(f"{url}/health", timeout=timeout_s) as response:
+        with urllib.request.urlopen(request, timeout=timeout_s) as response:
             return response.status == 200
+    except urllib.error.HTTPError as error:
+        if error.code == 401:
+            raise CredentialsRefused(url) from None
+        return False
     except OSError:
         return False
 
@@ -107,6 +127,8 @@ def ensure_server(home: Path, say: Callable[[str], None]) -> str:
         env = {**os.environ, "PREFECT_HOME": str(server_home), "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
                "DO_NOT_TRACK": "1"}
         env.pop("PREFECT_API_URL", None)
+        # Loopback only, and unauthenticated: a server's auth string exported for `make server` stays out.
+        env.pop("PREFECT_SERVER_API_AUTH_STRING", None)
         with open(log_path, "ab") as log:
             # Its own session: Ctrl-C on the run that started it must not stop the server.
             process = subprocess.Popen(

@@ -23,6 +23,7 @@ from classifier.cli import UserError
 from classifier.compare import PredictionsError, Results, read_predictions
 from classifier.files import file_digest
 from classifier.params import CompareParams
+from pipeline.report_markdown import code
 from pipeline.stages import PipelineError, lock_md5, stage_env, stage_names
 
 # The outputs dvc.yaml declares for evaluate and train, read at both revisions.
@@ -197,9 +198,9 @@ def stage_changes(base_lock: Mapping | None, head_lock: Mapping, order: Sequence
             reasons.append("command changed")
         if params := _changed(flatten("", base_stage.get("params") or {}), flatten("", head_stage.get("params") or {})):
             # Keys come as "params.yaml.train.epochs"; the file is nearly always params.yaml.
-            reasons.append("params " + ", ".join(f"`{key.removeprefix(PARAMS_PATH + '.')}`" for key in params))
+            reasons.append("params " + ", ".join(code(key.removeprefix(PARAMS_PATH + '.')) for key in params))
         if deps := _changed(_entries(base_stage, "deps"), _entries(head_stage, "deps")):
-            reasons.append("deps " + ", ".join(f"`{path}`" for path in deps))
+            reasons.append("deps " + ", ".join(code(path) for path in deps))
         changes.append(StageChange(name, bool(reasons), tuple(reasons)))
     changes.extend(StageChange(name, False, ("removed at head",)) for name in base_stages if name not in head_stages)
     return changes

@@ -11,6 +11,7 @@ from classifier.compare import (
 )
 from classifier.params import CompareParams
 from pipeline.report_gather import MODEL_PATH, PARAMS_PATH, ModelHash, ParamChange, StageChange
+from pipeline.report_markdown import code, text
 
 DECIMALS = 4
 # Said once under the verdict, so a reviewer who never met McNemar can read the table.
@@ -75,7 +76,7 @@ def _signed(value: float | None) -> str:
 
 
 def _value(value: object) -> str:
-    return "—" if value is None else f"`{json.dumps(value)}`"
+    return "—" if value is None else code(json.dumps(value))
 
 
 def _short(sha: str | None) -> str:
@@ -85,7 +86,7 @@ def _short(sha: str | None) -> str:
 def _hash_line(label: str, model: ModelHash | None) -> str:
     if model is None or model.value is None:
         return f"| {label} | — | {model.source if model else 'base not available'} |"
-    return f"| {label} | {model.algorithm} `{model.value}` | {model.source} |"
+    return f"| {label} | {model.algorithm} {code(model.value)} | {model.source} |"
 
 
 def p_value_text(p_value: float) -> str:
@@ -102,10 +103,10 @@ def verdict_lines(report: Report) -> list[str]:
                   f"p = {p_value_text(paired.p_value)}; below {report.policy.alpha:g} means the accuracy change is "
                   "more than chance).", ""]
     if judgement.verdict == NOT_COMPARABLE:
-        lines += [f"Why: {judgement.reason}."]
+        lines += [f"Why: {text(judgement.reason)}."]
         if report.params:
             lines.append("The params that changed (any of them may redraw the test split): "
-                         + ", ".join(f"`{change.key}`" for change in report.params) + ".")
+                         + ", ".join(code(change.key) for change in report.params) + ".")
         lines.append("")
     return lines
 
@@ -128,7 +129,7 @@ def metrics_lines(report: Report) -> list[str]:
         lines += [f"Judged by the base's `compare` policy: alpha {report.policy.alpha:g}, "
                   f"{report.policy.resamples:,} paired bootstrap resamples (fixed seed).", ""]
     if report.policy_changes:
-        changed = ", ".join(f"`{change.key}` {_value(change.base)} → {_value(change.head)}"
+        changed = ", ".join(f"{code(change.key)} {_value(change.base)} → {_value(change.head)}"
                             for change in report.policy_changes)
         lines += [f"This pull request changes the policy ({changed}): it judges the next pull request once merged, "
                   "not this one.", ""]
@@ -137,16 +138,16 @@ def metrics_lines(report: Report) -> list[str]:
 
 def render_markdown(report: Report, inline_images: bool = True, artifacts_url: str | None = None) -> str:
     """The report as GitHub markdown; with inline_images False, images are pointed at instead (comments cannot hold files)."""
-    lines = [f"## Model report: workspace against `{report.base_name}`", ""]
+    lines = [f"## Model report: workspace against {code(report.base_name)}", ""]
     head = f"workspace at `{_short(report.head_sha)}`"
     if report.head_changes:
-        head += " with uncommitted changes to " + ", ".join(f"`{path}`" for path in report.head_changes)
+        head += " with uncommitted changes to " + ", ".join(code(path) for path in report.head_changes)
     samples = ", ".join(f"{report.samples[split]:,} {split}" for split in ("train", "val", "test") if split in report.samples)
-    base = f"`{report.base_name}` at `{_short(report.base_sha)}`" if report.base_sha else f"`{report.base_name}` (not found)"
+    base = f"{code(report.base_name)} at `{_short(report.base_sha)}`" if report.base_sha else f"{code(report.base_name)} (not found)"
     fingerprint = str(report.evaluation.get("test_fingerprint", "?"))
     lines += ["| | |", "|---|---|", f"| base | {base} |", f"| head | {head} |",
-              f"| dataset | {report.evaluation.get('dataset', '?')} ({samples}) |",
-              f"| test set | `{fingerprint[:19]}…` |", ""]
+              f"| dataset | {text(report.evaluation.get('dataset', '?'))} ({samples}) |",
+              f"| test set | {code(fingerprint[:19])}… |", ""]
     lines += [f"> **Note:** {note}\n" for note in report.notes]
     lines += verdict_lines(report)
 
@@ -159,7 +160,7 @@ def render_markdown(report: Report, inline_images: bool = True, artifacts_url: s
         lines += ["| param | base | head |", "|---|---|---|"]
         for change in report.params:
             key = change.key if change.file == PARAMS_PATH else f"{change.file}: {change.key}"
-            lines.append(f"| `{key}` | {_value(change.base)} | {_value(change.head)} |")
+            lines.append(f"| {code(key)} | {_value(change.base)} | {_value(change.head)} |")
         lines.append("")
 
     lines += metrics_lines(report)
@@ -169,7 +170,7 @@ def render_markdown(report: Report, inline_images: bool = True, artifacts_url: s
         lines += ["No per-class scores in the workspace.", ""]
     else:
         lines += ["| class | base F1 | head F1 | change | support |", "|---|---|---|---|---|"]
-        lines += [f"| {move.name} | {_number(move.base_f1)} | {_number(move.head_f1)} | {_signed(move.delta)} | {move.support} |"
+        lines += [f"| {text(move.name)} | {_number(move.base_f1)} | {_number(move.head_f1)} | {_signed(move.delta)} | {text(move.support)} |"
                   for move in report.classes]
         lines.append("")
 
@@ -191,12 +192,12 @@ def render_markdown(report: Report, inline_images: bool = True, artifacts_url: s
     else:
         lines += ["Stages whose inputs differ between the base and head `dvc.lock`:", "",
                   "| stage | reran | why |", "|---|---|---|"]
-        lines += [f"| {change.stage} | {'yes' if change.reran else 'no'} | {'; '.join(change.reasons) or 'same inputs'} |"
+        lines += [f"| {text(change.stage)} | {'yes' if change.reran else 'no'} | {'; '.join(change.reasons) or 'same inputs'} |"
                   for change in report.stages]
         lines.append("")
     lines += [f"`{MODEL_PATH}`:", "", "| | hash | |", "|---|---|---|",
               _hash_line("base", report.model_base), _hash_line("head", report.model_head), ""]
     if report.model_base and report.model_base.value and report.model_base.value == report.model_head.value:
         lines += ["The model file is byte-for-byte the same at base and head.", ""]
-    lines += [f"<sub>`python -m pipeline.report --base {report.base_name}`</sub>", ""]
+    lines += [f"<sub>{code(f'python -m pipeline.report --base {report.base_name}')}</sub>", ""]
     return "\n".join(lines)

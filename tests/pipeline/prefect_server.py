@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import os
 import signal
 import socket
@@ -51,16 +52,37 @@ def wait_for(predicate, what: str, limit_s: float = 300):
     raise AssertionError(f"gave up waiting for {what}")
 
 
+# Basic-auth headers for the servers started with an auth string, by API URL: api_call sends them.
+AUTH_HEADERS: dict[str, dict[str, str]] = {}
+AUTH_SETTINGS = ("PREFECT_API_AUTH_STRING", "PREFECT_SERVER_API_AUTH_STRING")
+
+
+def basic_auth(auth_string: str) -> dict[str, str]:
+    """The header Prefect's client sends for PREFECT_API_AUTH_STRING."""
+    return {"Authorization": "Basic " + base64.b64encode(auth_string.encode()).decode()}
+
+
 @contextmanager
-def prefect_server(folder: Path):
-    """A `prefect server start` on a free port, its home and log in `folder`: yields (api url, env for clients)."""
+def prefect_server(folder: Path, auth_string: str | None = None, make_project: Path | None = None):
+    """A `prefect server start` on a free port, its home and log in `folder`: yields (api url, env for clients).
+
+    auth_string: the server's PREFECT_SERVER_API_AUTH_STRING (the clients' env does not get it: each test
+    says how its clients hold it); make_project: start it with `make server` in that project instead."""
     port = free_port()
     api = f"http://127.0.0.1:{port}/api"
     env = subprocess_env(PREFECT_HOME=str(folder / "prefect-home"), PREFECT_SERVER_ANALYTICS_ENABLED="false",
                          DO_NOT_TRACK="1", PREFECT_WORKER_QUERY_SECONDS="1", PREFECT_API_URL=api)
+    for name in AUTH_SETTINGS:
+        env.pop(name, None)
+    server_env = {k: v for k, v in env.items() if k != "PREFECT_API_URL"}
+    if auth_string is not None:
+        server_env["PREFECT_SERVER_API_AUTH_STRING"] = auth_string
+        AUTH_HEADERS[api] = basic_auth(auth_string)
+    command = [PREFECT, "server", "start", "--host", "127.0.0.1", "--port", str(port)]
+    if make_project is not None:
+        command = [*MAKE, "server", "PREFECT_HOST=127.0.0.1", f"PREFECT_PORT={port}"]
     log = open(folder / "server.log", "w")
-    process = subprocess.Popen([PREFECT, "server", "start", "--host", "127.0.0.1", "--port", str(port)],
-                               env={k: v for k, v in env.items() if k != "PREFECT_API_URL"},
+    process = subprocess.Popen(command, cwd=make_project, env=server_env,
                                stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     try:
         def healthy():
@@ -74,10 +96,12 @@ def prefect_server(folder: Path):
     finally:
         stop(process)
         log.close()
+        AUTH_HEADERS.pop(api, None)
 
 
 def api_call(api: str, method: str, path: str, **kwargs):
     # The server answers 503 while SQLite is busy; Prefect's own client retries those, so do we.
+    kwargs["headers"] = {**AUTH_HEADERS.get(api, {}), **kwargs.get("headers", {})}
     for attempt in range(6):
         response = httpx.request(method, f"{api}{path}", timeout=30, **kwargs)
         if response.status_code != 503:

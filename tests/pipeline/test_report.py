@@ -185,18 +185,28 @@ def test_pipeline_package_never_imports_torch():
 def test_workflow_parses_and_its_make_targets_exist():
     workflow = yaml.safe_load(WORKFLOW.read_text())
     # PyYAML reads the bare key `on` as True.
-    assert "pull_request" in workflow[True]
-    steps = workflow["jobs"]["report"]["steps"]
+    assert "pull_request" in workflow[True] and "pull_request_target" not in workflow[True]
+    # The job that runs the head's code can only read; the one that writes runs none of it.
+    assert workflow["permissions"] == {}
+    report_job, comment_job = workflow["jobs"]["report"], workflow["jobs"]["comment"]
+    assert report_job["permissions"] == {"contents": "read"}
+    assert comment_job["permissions"] == {"pull-requests": "write"} and comment_job["needs"] == "report"
+    assert all("run" not in step and not step.get("uses", "").startswith("actions/checkout")
+               for step in comment_job["steps"])
+    assert "always()" in comment_job["if"]
+    steps = report_job["steps"]
     checkout = next(step for step in steps if step.get("uses", "").startswith("actions/checkout"))
     assert checkout["with"]["fetch-depth"] == 0
     setup = next(step for step in steps if step.get("uses", "").startswith("actions/setup-python"))
     assert str(setup["with"]["python-version"]) == "3.11"
     assert any(step.get("uses", "").startswith("actions/upload-artifact") and step["with"]["path"] == "report/"
                for step in steps)
-    sticky = next(step for step in steps if step.get("uses", "").startswith("marocchino/sticky-pull-request-comment@"))
+    assert checkout["with"]["persist-credentials"] is False
+    download = next(step for step in comment_job["steps"] if step.get("uses", "").startswith("actions/download-artifact"))
+    assert download["with"] == {"name": "pr-report", "path": "report/"}
+    sticky = next(step for step in comment_job["steps"]
+                  if step.get("uses", "").startswith("marocchino/sticky-pull-request-comment@"))
     assert sticky["with"]["path"] == "report/comment.md" and sticky["with"]["header"]
-    assert "always()" in sticky["if"]  # a failed gate must still post its report
-    assert workflow["permissions"]["pull-requests"] == "write"
 
     commands = " ".join(step.get("run", "") for step in steps)
     targets = re.findall(r"\bmake\s+([a-z][\w-]*)", commands)
