@@ -321,7 +321,8 @@ def test_a_reworded_comment_is_no_detectable_change(baseline, tmp_path):
     assert result.returncode == 0, result.stderr
     assert verdict(text) == NO_CHANGE
     assert paired_counts(root) == (0, 0)
-    assert "1,000 test images scored by both models: 0 right only at base, 0 right only at head" in text
+    tested = json.loads(at(root, "HEAD", "metrics/evaluation.json"))["test_samples"]
+    assert f"{tested:,} test images scored by both models: 0 right only at base, 0 right only at head" in text
     assert "p = 1;" in text
     for row in table(text, "Metrics (test split)").values():
         assert float(row[3]) == 0 and row[4] == "+0.0000 to +0.0000" and row[-1] == NO_CHANGE
