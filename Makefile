@@ -98,7 +98,7 @@ PREFECT_AUTH_FILE ?= $(CURDIR)/.prefect/auth
 ifeq ($(origin PREFECT_API_AUTH_STRING),undefined)
 PREFECT_AUTH_FROM_FILE := $(strip $(shell cat '$(PREFECT_AUTH_FILE)' 2>/dev/null))
 ifneq ($(PREFECT_AUTH_FROM_FILE),)
-run retrain worker deploy: export PREFECT_API_AUTH_STRING := $(PREFECT_AUTH_FROM_FILE)
+run retrain worker deploy data-updated: export PREFECT_API_AUTH_STRING := $(PREFECT_AUTH_FROM_FILE)
 endif
 endif
 NO_AUTH_STRING = refusing to serve on $(PREFECT_HOST) without an auth string: run 'make auth-string' (writes $(PREFECT_AUTH_FILE)) or export PREFECT_SERVER_API_AUTH_STRING
@@ -117,7 +117,7 @@ server: $(INSTALLED)  ## start a Prefect server on PREFECT_HOST:PREFECT_PORT (de
 	else unset PREFECT_SERVER_API_AUTH_STRING; fi; \
 	exec $(BIN)/prefect server start --host '$(PREFECT_HOST)' --port '$(PREFECT_PORT)'
 
-worker deploy: export PREFECT_API_URL ?= http://$(PREFECT_HOST):$(PREFECT_PORT)/api
+worker deploy data-updated: export PREFECT_API_URL ?= http://$(PREFECT_HOST):$(PREFECT_PORT)/api
 
 # This project's flows send a heartbeat event every 30 s wherever they run (deployments: prefect.yaml's
 # job_variables), so that the `crash-silent-flow-runs` automation can tell a dead run from a live one.
@@ -137,6 +137,11 @@ deploy: $(INSTALLED)  ## register prefect.yaml's deployments and automations (id
 	for pool in cpu gpu; do $(BIN)/prefect work-pool inspect $$pool >/dev/null 2>&1 || $(BIN)/prefect work-pool create $$pool --type process; done
 	$(BIN)/prefect --no-prompt deploy --all
 	$(BIN)/python -m pipeline.automations --file prefect.yaml
+
+# New data (README, "Training on your own images"): prefect.yaml's retrain-cpu deployment has a trigger on this event.
+.PHONY: data-updated
+data-updated: $(INSTALLED)  ## announce new data to the server (event classifier.data.updated): retrain-cpu starts a retrain
+	$(BIN)/prefect event emit classifier.data.updated --resource-id classifier.data
 
 retrain: $(INSTALLED)  ## retrain BASE (default main) now, in a workspace of its own; promotes only if as good
 	$(BIN)/python -m pipeline retrain --base '$(BASE)' $(DEVICE_FLAG)

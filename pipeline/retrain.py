@@ -285,7 +285,7 @@ def retrain(repo: str = ".", base: str = "main", device: str | None = None, work
             return {"result": SAME_MODEL, "branch": None, "stages": run["stages"]}
 
         try:
-            decision = judge_challenger(workspace, base)
+            decision = judge_challenger(workspace, base, log=logger.info)  # re-scores the champion on new data
         except GateError as error:
             raise RetrainError(f"nothing promoted: {error}") from None
         if not decision.promote:

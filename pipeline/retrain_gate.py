@@ -5,14 +5,28 @@ The champion is what BASE committed: its per-example results and test-split fing
 loosen the rule it is judged by) and the record `metrics/best.json`, the best test accuracy
 ever promoted on that test split. The challenger is the workspace after its run. Anything
 missing or unreadable stops the gate with the reason: nothing is promoted on a guess.
+
+When the data changed (new images: another test split), the champion's committed results
+describe other examples. Then its published model (BASE's models/model.pth, from the DVC cache,
+or the remote through `dvc get`) is re-scored on the new test split in the same run, by the
+evaluate stage's own code in a subprocess (no torch here), and both are judged on those same
+examples. That is fair only if no image the champion trained on can be in the new test split:
+splits are a function of each image's content hash and the split params, so a change of those
+(seed, data.dataset, data.test_fraction, data.val_fraction, data.image_size) is not comparable,
+and neither is a change in the set of classes.
 """
 
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
+import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
-from classifier.compare import GateDecision, Results, gate
+from classifier.compare import GateDecision, Results, gate, read_predictions
+from classifier.files import file_digest
 from pipeline.report_gather import (
     PARAMS_PATH,
     ReportError,
@@ -22,6 +36,7 @@ from pipeline.report_gather import (
     read_snapshot,
     workspace_reader,
 )
+from pipeline.stages import lock_md5, stage_env
 
 # Written by a promotion, beside the metrics it judged: {"test_fingerprint", "best_accuracy"}.
 RECORD_PATH = "metrics/best.json"
@@ -57,22 +72,119 @@ def best_accuracy(read, fingerprint: str) -> float | None:
     return best if recorded_on == fingerprint else None
 
 
-def judge_challenger(workspace: Path, base: str) -> GateDecision:
-    """The gate's decision on the workspace's new model against the champion committed at `base`."""
+# The published model and its card, as dvc.lock records them (dvc.yaml's save outs).
+MODEL_PATH, CARD_PATH = "models/model.pth", "models/model.json"
+# The params that decide each image's split (classifier.prepare.assign_splits): equal values put
+# every image the champion trained on in the training pool again.
+SPLIT_PARAMS = ("seed", "data.dataset", "data.test_fraction", "data.val_fraction", "data.image_size")
+# What evaluate reads and writes, as dvc.yaml passes them.
+PREPARED_DIR = "data/prepared"
+EVALUATE_OUTPUTS = ("metrics.json", "evaluation.json", "predictions.csv", "per_class.csv")
+
+
+def _nothing(message: str) -> None:
+    pass
+
+
+def judge_challenger(workspace: Path, base: str, log: Callable[[str], None] = _nothing) -> GateDecision:
+    """The gate's decision on the workspace's new model against the champion committed at `base`.
+
+    On another test split (the data changed), the champion's model is re-scored on the new one first.
+    """
     at_base = git_reader(workspace, base)
     champion_snapshot = snapshot_of(at_base, f"at {base}")
     champion = results_of(champion_snapshot, f"at {base}")
-    challenger = results_of(snapshot_of(workspace_reader(workspace), "in the workspace"), "in the retrained workspace")
-    if champion.fingerprint != challenger.fingerprint:
-        raise GateError(f"not comparable: the champion at {base} was scored on test split {champion.fingerprint}, "
-                        f"the new model on {challenger.fingerprint}; a change of seed or data redraws the test set")
+    challenger_snapshot = snapshot_of(workspace_reader(workspace), "in the workspace")
+    challenger = results_of(challenger_snapshot, "in the retrained workspace")
     policy, problem = compare_policy(champion_snapshot.params, f"at {base}")
     if policy is None:
         raise GateError(problem or f"no `compare` policy in {PARAMS_PATH} at {base}")
+    if champion.fingerprint != challenger.fingerprint:
+        champion = rescore_champion(workspace, base, champion_snapshot, challenger_snapshot, log)
     try:
         return gate(champion.predictions, challenger.predictions, policy, best_accuracy(at_base, champion.fingerprint))
     except ValueError as error:  # the tables do not pair, example by example
         raise GateError(str(error)) from None
+
+
+def _dotted(tree: dict | None, dotted: str):
+    for key in dotted.split("."):
+        tree = tree.get(key) if isinstance(tree, dict) else None
+    return tree
+
+
+def split_params(lock: dict | None) -> dict | None:
+    """The split-deciding params the prepare stage ran with, as dvc.lock records them."""
+    recorded = (((lock or {}).get("stages") or {}).get("prepare") or {}).get("params", {}).get(PARAMS_PATH)
+    return None if recorded is None else {name: _dotted(recorded, name) for name in SPLIT_PARAMS}
+
+
+def rescore_champion(workspace: Path, base: str, champion: Snapshot, challenger: Snapshot,
+                     log: Callable[[str], None] = _nothing) -> Results:
+    """The champion's per-example results on the workspace's (new) test split, or GateError saying
+    why the two cannot be compared."""
+    old, new = champion.evaluation or {}, challenger.evaluation or {}
+    prefix = (f"not comparable: the champion at {base} was scored on test split {old.get('test_fingerprint')}, "
+              f"the new model on {new.get('test_fingerprint')}")
+    if list(old.get("classes") or []) != list(new.get("classes") or []):
+        added = sorted(set(new.get("classes") or []) - set(old.get("classes") or []))
+        removed = sorted(set(old.get("classes") or []) - set(new.get("classes") or []))
+        change = "; ".join(part for part in (f"added {added}" if added else "", f"removed {removed}" if removed else "")
+                           if part) or "reordered"
+        raise GateError(f"{prefix}; the set of classes changed ({change}): the champion cannot answer the new "
+                        "question, so there is nothing to compare it on")
+    before, after = split_params(champion.lock), split_params(challenger.lock)
+    if before is None or after is None:
+        raise GateError(f"{prefix}; dvc.lock {'at ' + base if before is None else 'in the workspace'} does not "
+                        "record the prepare stage's params, so the split rule cannot be checked")
+    changed = [f"{name} ({before[name]!r} -> {after[name]!r})" for name in SPLIT_PARAMS if before[name] != after[name]]
+    if changed:
+        raise GateError(f"{prefix}; {', '.join(changed)} changed, which redraws the split: images the champion "
+                        "trained on may now be test images")
+    log(f"the data changed (test split {old.get('test_fingerprint', '')[:19]} -> {new.get('test_fingerprint', '')[:19]}):"
+        f" re-scoring the champion at {base} on the new test split")
+    with tempfile.TemporaryDirectory(prefix="champion-") as scratch:
+        folder = Path(scratch)
+        model, card = champion_model(workspace, base, champion.lock, folder)
+        outputs = [folder / name for name in EVALUATE_OUTPUTS]
+        result = subprocess.run([sys.executable, "-m", "classifier.evaluate", PREPARED_DIR, str(model), str(card),
+                                 *map(str, outputs)], cwd=workspace, env=stage_env(), capture_output=True, text=True)
+        if result.returncode != 0:
+            raise GateError(f"re-scoring the champion at {base} on the new test split failed "
+                            f"(exit {result.returncode}):\n{result.stderr.strip()[-2000:]}")
+        evaluation = json.loads(outputs[1].read_text())
+        if evaluation["test_fingerprint"] != new.get("test_fingerprint"):
+            raise GateError(f"the champion was re-scored on test split {evaluation['test_fingerprint']}, not the "
+                            f"new model's {new.get('test_fingerprint')}")
+        table = read_predictions(outputs[2].read_text(), f"the champion's re-scored {EVALUATE_OUTPUTS[2]}")
+    accuracy = (table["actual"] == table["predicted"]).mean()
+    log(f"champion re-scored on the {len(table)} new test examples: accuracy {accuracy:.4f}")
+    return Results(evaluation["test_fingerprint"], table)
+
+
+def champion_model(workspace: Path, base: str, lock: dict | None, folder: Path) -> tuple[Path, Path]:
+    """BASE's published model and card, copied into `folder` from the DVC cache (shared with the repo),
+    or else fetched with `dvc get` (its remote); the model checked against the card's sha256."""
+    cache = subprocess.run([sys.executable, "-m", "dvc", "cache", "dir"], cwd=workspace, env=stage_env(),
+                           capture_output=True, text=True).stdout.strip()
+    copies = {}
+    for path in (MODEL_PATH, CARD_PATH):
+        target = folder / Path(path).name
+        md5 = lock_md5(lock, path)
+        cached = Path(cache) / "files" / "md5" / md5[:2] / md5[2:] if cache and md5 else None
+        if cached is not None and cached.is_file():
+            target.write_bytes(cached.read_bytes())
+        else:
+            got = subprocess.run([sys.executable, "-m", "dvc", "get", ".", path, "--rev", base, "-o", str(target)],
+                                 cwd=workspace, env=stage_env(), capture_output=True, text=True)
+            if got.returncode != 0:
+                raise GateError(f"the champion's {path} at {base} (md5 {md5}) is neither in the DVC cache nor "
+                                f"fetchable from the remote:\n{got.stderr.strip()[-1000:]}")
+        copies[path] = target
+    card = json.loads(copies[CARD_PATH].read_text())
+    if file_digest(copies[MODEL_PATH]) != (card or {}).get("sha256"):
+        raise GateError(f"the champion's {MODEL_PATH} at {base} does not match the sha256 of its card")
+    return copies[MODEL_PATH], copies[CARD_PATH]
 
 
 def write_record(workspace: Path, decision: GateDecision) -> None:

@@ -30,7 +30,7 @@ import pandas as pd
 import torch
 
 from classifier.cli import run, stage_parser
-from classifier.data import load_prepared
+from classifier.data import Normalization, load_prepared
 from classifier.files import atomic_write_json, atomic_write_text
 from classifier.model import NeuralNetwork, logits_for
 from classifier.serialization import load_file
@@ -133,7 +133,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     model.load_state_dict(load_file(args.candidate_path))
     data = load_prepared(args.prepared_dir, ("test",))
     test = data.splits["test"]
-    logits = logits_for(model, test.images, data.normalization, torch.device("cpu"))
+    # The model's own normalisation (its facts, or its card's): the candidate's equals this split's, and a
+    # published model re-scored on newer data (the retrain gate) must see inputs as it was trained to.
+    normalization = Normalization(info["normalization"]["mean"], info["normalization"]["std"])
+    logits = logits_for(model, test.images, normalization, torch.device("cpu"))
     summary, per_class, predictions, losses = score(logits, test.labels, data.num_classes)
 
     classes = data.meta["classes"]
