@@ -151,9 +151,10 @@ BENCH_FLAGS ?=
 
 .PHONY: bench bench-gpu
 
-bench: $(INSTALLED)  ## training throughput vs the seed's loop and the matmul bound, then pipeline overhead (~5 min)
+bench: $(INSTALLED)  ## training throughput vs the seed's loop and the matmul bound, then pipeline overhead, then prepare on 60,000 PNGs (~7 min)
 	$(BIN)/python benchmarks/train_throughput.py $(BENCH_FLAGS)
 	$(BIN)/python benchmarks/pipeline_overhead.py $(BENCH_FLAGS)
+	$(BIN)/python benchmarks/prepare_folder.py $(BENCH_FLAGS)
 
 bench-gpu: $(INSTALLED)  ## training throughput on a CUDA GPU against its torch.mm peak (under 3 min; needs CUDA)
 	$(BIN)/python benchmarks/gpu_check.py $(BENCH_FLAGS)
