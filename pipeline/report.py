@@ -19,16 +19,21 @@ from __future__ import annotations
 
 import argparse
 import logging
+import subprocess
 import sys
+import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from classifier.cli import run
-from classifier.compare import NOT_COMPARABLE, cannot_judge, exit_status, judge
+import pandas as pd
+
+from classifier.compare import NOT_COMPARABLE, cannot_judge, exit_status, judge, pairing_problem
 from classifier.files import atomic_write_text
 from pipeline import report_plots
 from pipeline.report_gather import (
-    EVALUATION_PATH, LOCK_PATH, METRICS_PATH, MODEL_PATH, PARAMS_PATH, PREDICTIONS_PATH, ReportError, Snapshot,
+    EVALUATION_PATH, LOCK_PATH, METRICS_PATH, MODEL_PATH, PARAMS_PATH, PREDICTIONS_PATH, PREPARED_PATH, ReportError,
+    Snapshot,
     compare_policy, dvc_cache_dir, dvc_params_diff, dvc_plots, git_reader, missing_base_note, model_hash, read_snapshot,
     repo_root, resolve, section_changes, stage_changes, stage_order, uncommitted, workspace_reader,
 )
@@ -37,6 +42,8 @@ from pipeline.report_render import ClassMove, Figure, Report, render_markdown
 log = logging.getLogger("report")
 
 TOP_CLASSES = 5
+# The picture of flipped test images shows at most this many of each kind.
+MAX_FLIPS_SHOWN = 50
 
 
 def class_moves(base_rows: Sequence[Mapping] | None, head_rows: Sequence[Mapping], top: int = TOP_CLASSES) -> list[ClassMove]:
@@ -47,7 +54,34 @@ def class_moves(base_rows: Sequence[Mapping] | None, head_rows: Sequence[Mapping
     return sorted(moves, key=lambda move: -abs(move.delta or 0.0))[:top]
 
 
-def draw_figures(base: Snapshot | None, head: Snapshot, classes: Sequence[str], out_dir: Path) -> list[Figure]:
+def class_order(pairs: Sequence[tuple[str, str]], classes: Sequence[str]) -> list[str]:
+    seen = {name for pair in pairs for name in pair}
+    return [name for name in classes if name in seen] + sorted(seen - set(classes))
+
+
+def flipped(base: pd.DataFrame, head: pd.DataFrame) -> dict[str, pd.DataFrame]:
+    """The paired test images the head now gets wrong, and those it now gets right."""
+    right_at_base, right_at_head = base["actual"] == base["predicted"], head["actual"] == head["predicted"]
+    rows = pd.DataFrame({"index": range(len(head)), "actual": head["actual"], "base": base["predicted"],
+                         "head": head["predicted"]})
+    return {"now wrong": rows[right_at_base & ~right_at_head], "now right": rows[~right_at_base & right_at_head]}
+
+
+def draw_flips(repo: Path, rows: pd.DataFrame, fingerprint: str, path: Path) -> str | None:
+    """The picture of `rows`' test images, drawn by classifier.flips (torch stays out of pipeline/);
+    returns why there is none, or None."""
+    with tempfile.TemporaryDirectory() as scratch:
+        flips_csv = Path(scratch) / "flips.csv"
+        rows.head(MAX_FLIPS_SHOWN).to_csv(flips_csv, index=False)
+        drawn = subprocess.run([sys.executable, "-m", "classifier.flips", str(repo / PREPARED_PATH), str(flips_csv),
+                                fingerprint, str(path)], cwd=repo, capture_output=True, text=True)
+    if drawn.returncode != 0:
+        return (drawn.stderr.strip().splitlines() or [f"exit {drawn.returncode}"])[-1].removeprefix("error: ")
+    return None
+
+
+def draw_figures(base: Snapshot | None, head: Snapshot, classes: Sequence[str], out_dir: Path,
+                 repo: Path, notes: list[str]) -> list[Figure]:
     figures = []
     base_history = base.history if base else None
     if head.history:
@@ -58,10 +92,29 @@ def draw_figures(base: Snapshot | None, head: Snapshot, classes: Sequence[str], 
         if snapshot is not None and snapshot.predictions is not None:
             file = f"confusion_{label}.png"
             pairs = list(zip(snapshot.predictions["actual"], snapshot.predictions["predicted"]))
-            seen = {name for pair in pairs for name in pair}
-            order = [name for name in classes if name in seen] + sorted(seen - set(classes))
-            report_plots.confusion_figure(out_dir / file, f"Confusion matrix, {label}", pairs, order)
+            report_plots.confusion_figure(out_dir / file, f"Confusion matrix, {label}", pairs, class_order(pairs, classes))
             figures.append(Figure(file, f"Confusion matrix, {label}"))
+    paired = (base is not None and base.results is not None and head.results is not None
+              and base.results.fingerprint == head.results.fingerprint
+              and pairing_problem(base.predictions, head.predictions) is None)
+    if not paired:
+        return figures
+    base_pairs = list(zip(base.predictions["actual"], base.predictions["predicted"]))
+    head_pairs = list(zip(head.predictions["actual"], head.predictions["predicted"]))
+    title = "Confusion change, head - base"
+    report_plots.change_figure(out_dir / "confusion_change.png", title, base_pairs, head_pairs,
+                               class_order(base_pairs + head_pairs, classes))
+    figures.append(Figure("confusion_change.png", title + " (diagonal: more is better; elsewhere: more is worse)"))
+    for kind, rows in flipped(base.predictions, head.predictions).items():
+        if rows.empty:
+            continue
+        file = f"flips_{kind.replace(' ', '_')}.png"
+        problem = draw_flips(repo, rows, head.results.fingerprint, out_dir / file)
+        if problem:
+            notes.append(f"No picture of the test images {kind}: {problem}.")
+            continue
+        shown = f"the first {MAX_FLIPS_SHOWN} of {len(rows)}" if len(rows) > MAX_FLIPS_SHOWN else f"all {len(rows)}"
+        figures.append(Figure(file, f"Test images {kind} ({shown}), each captioned true: base -> head"))
     return figures
 
 
@@ -102,6 +155,10 @@ def build_report(repo: Path, base_name: str, out_dir: Path) -> Report:
         except ReportError as error:
             notes.append(f"The base's results cannot be read, so nothing was judged: {error}")
     judgement, policy = judge_snapshots(base, head, base_where, notes)
+    head_changes = uncommitted(repo, [PARAMS_PATH, LOCK_PATH, "metrics"])
+    if base_sha is not None and base_sha == resolve(repo, "HEAD") and not head_changes:
+        notes.append(f"The base {base_name} is the head's own commit and the workspace changes none of its "
+                     "params or results: this report compares the commit with itself.")
     if base is not None and base.lock is None:
         notes.append(f"The base has no `{LOCK_PATH}` (the pipeline was never run and committed there): every "
                      "stage counts as new and there is no base model hash.")
@@ -112,7 +169,7 @@ def build_report(repo: Path, base_name: str, out_dir: Path) -> Report:
         base_name=base_name,
         base_sha=base_sha,
         head_sha=resolve(repo, "HEAD"),
-        head_changes=uncommitted(repo, [PARAMS_PATH, LOCK_PATH, "metrics"]),
+        head_changes=head_changes,
         evaluation=head.evaluation,
         samples=head.metrics.get("samples", {}),
         notes=notes,
@@ -127,7 +184,7 @@ def build_report(repo: Path, base_name: str, out_dir: Path) -> Report:
         model_head=model_hash(head.lock, cache_dir, repo / MODEL_PATH),
     )
     out_dir.mkdir(parents=True, exist_ok=True)
-    report.figures = draw_figures(base, head, head.evaluation.get("classes", []), out_dir)
+    report.figures = draw_figures(base, head, head.evaluation.get("classes", []), out_dir, repo, notes)
     report.plots_html, report.plots_problem = dvc_plots(repo, base_sha, out_dir)
     return report
 

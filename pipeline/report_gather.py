@@ -34,6 +34,8 @@ HISTORY_PATH = "metrics/history.csv"
 PER_CLASS_PATH = "metrics/per_class.csv"
 LOCK_PATH = "dvc.lock"
 PARAMS_PATH = "params.yaml"
+# The prepare stage's output: the test images themselves, for the picture of those that flipped.
+PREPARED_PATH = "data/prepared"
 MODEL_PATH = "models/model.pth"
 
 

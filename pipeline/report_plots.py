@@ -36,20 +36,21 @@ def curves_figure(
     head_history: Sequence[Mapping[str, float]],
     base_history: Sequence[Mapping[str, float]] | None,
 ) -> Path:
-    """One line per column: head solid in colour, base dashed in grey; train and val told apart by marker."""
+    """One line per column: base wide, pale and dashed, head thin and solid on top; train and val told apart by marker."""
     from matplotlib.ticker import MaxNLocator
 
     figure = _new_figure(6.4, 4.0)
     axes = figure.add_subplot()
     markers = ["o", "s", "^", "d"]
-    runs = [("head", head_history, HEAD_COLOR, "-")]
-    if base_history:
-        runs.append(("base", base_history, BASE_COLOR, "--"))
-    for run_name, history, color, style in runs:
+    # Base first, wide and pale, head on top, thin: where the two coincide (deterministic training
+    # makes early epochs identical) the head's line runs inside the base's, and both stay visible.
+    runs = [("base", base_history, BASE_COLOR, "--", 5.0, 0.45)] if base_history else []
+    runs.append(("head", head_history, HEAD_COLOR, "-", 1.5, 1.0))
+    for run_name, history, color, style, width, alpha in runs:
         epochs = [row["epoch"] for row in history]
         for column, marker in zip(columns, markers):
-            axes.plot(epochs, [row[column] for row in history], linestyle=style, marker=marker,
-                      color=color, label=f"{run_name} {column}")
+            axes.plot(epochs, [row[column] for row in history], linestyle=style, marker=marker, linewidth=width,
+                      markersize=width + 2, alpha=alpha, color=color, label=f"{run_name} {column}")
     axes.set_title(title)
     axes.set_xlabel("epoch")
     axes.xaxis.set_major_locator(MaxNLocator(integer=True))  # epochs are whole numbers
@@ -87,5 +88,29 @@ def confusion_figure(path: Path, title: str, pairs: Sequence[tuple[str, str]], c
             if count:
                 axes.text(column_index, row_index, str(count), ha="center", va="center", fontsize=7,
                           color="white" if count > peak / 2 else "black")
+    figure.savefig(path)
+    return path
+
+
+def change_figure(path: Path, title: str, base_pairs: Sequence[tuple[str, str]], head_pairs: Sequence[tuple[str, str]],
+                  classes: Sequence[str]) -> Path:
+    """Head minus base confusion counts: on the diagonal more is better, off it more is worse."""
+    base_counts, head_counts = confusion_counts(base_pairs, classes), confusion_counts(head_pairs, classes)
+    change = [[head - base for head, base in zip(head_row, base_row)] for head_row, base_row in zip(head_counts, base_counts)]
+    reach = max((abs(value) for row in change for value in row), default=0) or 1
+    figure = _new_figure(5.6, 5.0)
+    axes = figure.add_subplot()
+    image = axes.imshow(change, cmap="PuOr", vmin=-reach, vmax=reach)
+    figure.colorbar(image, ax=axes, shrink=0.8, label="head - base (images)")
+    axes.set_xticks(range(len(classes)), labels=classes)
+    axes.set_yticks(range(len(classes)), labels=classes)
+    axes.set_xlabel("predicted")
+    axes.set_ylabel("actual")
+    axes.set_title(title)
+    for row_index, row in enumerate(change):
+        for column_index, value in enumerate(row):
+            if value:
+                axes.text(column_index, row_index, f"{value:+d}", ha="center", va="center", fontsize=7,
+                          color="white" if abs(value) > reach / 2 else "black")
     figure.savefig(path)
     return path

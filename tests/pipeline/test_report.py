@@ -26,6 +26,7 @@ from classifier.compare import (
     NEW, NO_CHANGE, NOT_COMPARABLE, REGRESSED, Results, judge, point_metrics, read_predictions,
 )
 from classifier.params import CompareParams
+from pipeline import report as report_module
 from pipeline.report import class_moves
 from pipeline.report_gather import ModelHash, ParamChange, section_changes, stage_changes
 from pipeline.report_render import Figure, Report, render_markdown
@@ -173,6 +174,14 @@ def test_stage_changes_name_the_params_and_deps_that_differ():
     assert not any(change.reran for change in stage_changes(base, base))
 
 
+def test_flipped_pairs_the_images_that_changed_sides():
+    base = read_predictions("id,actual,predicted,loss\na,1,1,0.1\nb,2,3,0.9\nc,3,3,0.2\nd,4,5,0.8\n")
+    head = read_predictions("id,actual,predicted,loss\na,1,7,0.9\nb,2,2,0.1\nc,3,3,0.2\nd,4,6,0.7\n")
+    flips = report_module.flipped(base, head)
+    assert flips["now wrong"].to_dict("records") == [{"index": 0, "actual": "1", "base": "1", "head": "7"}]
+    assert flips["now right"].to_dict("records") == [{"index": 1, "actual": "2", "base": "3", "head": "2"}]
+
+
 def test_pipeline_package_never_imports_torch():
     code = ("import sys, pipeline.report, pipeline.report_gather, pipeline.report_render, pipeline.report_plots; "
             "assert 'torch' not in sys.modules, sorted(m for m in sys.modules if m.startswith('torch'))")
@@ -291,9 +300,25 @@ def test_one_epoch_is_regressed_even_when_the_head_raises_every_min_effect(basel
     assert "This pull request changes the policy" in text and "`compare.min_effect.accuracy` `0.005` → `1.0`" in text
     assert "`train.epochs`" in table(text, "Params")
     assert table(text, "Pipeline")["train"] == ["yes", "params `train.epochs`"]
-    check_images(root / "report", IMAGES)
+    check_images(root / "report", IMAGES + ["confusion_change.png"])
     assert (root / "report" / "plots" / "index.html").stat().st_size > 1000
     assert "![" not in (root / "report" / "comment.md").read_text()
+    # One captioned tile per test image the head now gets wrong, ten to a row, at most 50.
+    with Image.open(root / "report" / "flips_now_wrong.png") as picture:
+        tiles = min(base_only, report_module.MAX_FLIPS_SHOWN)
+        assert picture.size == (min(tiles, 10) * 88 + 4, -(-tiles // 10) * 102 + 4)
+    assert "Test images now wrong" in text
+    for written in (root / "report").iterdir():
+        if written.is_file():
+            assert written.stat().st_mode & 0o044 == 0o044, f"{written.name} is not readable by group and others"
+
+
+@pytest.mark.slow
+def test_a_report_against_its_own_commit_says_so(baseline, tmp_path):
+    result = report(baseline, "--base", "HEAD", out=str(tmp_path / "report"))
+    text = (tmp_path / "report" / "report.md").read_text()
+    assert result.returncode == 0, result.stderr
+    assert "is the head's own commit" in text and verdict(text) == NO_CHANGE
 
 
 @pytest.mark.slow
