@@ -131,12 +131,35 @@ DEFAULT_SIGINT := import os, signal, sys; signal.signal(signal.SIGINT, signal.SI
 
 worker: $(INSTALLED)  ## start a worker on work pool POOL=cpu|gpu (created if missing); stops on the first Ctrl-C
 	$(BIN)/prefect work-pool inspect '$(POOL)' >/dev/null 2>&1 || $(BIN)/prefect work-pool create '$(POOL)' --type process
-	exec $(BIN)/python -c '$(DEFAULT_SIGINT)' $(BIN)/prefect worker start --pool '$(POOL)'
+	exec $(BIN)/python -c '$(DEFAULT_SIGINT)' $(BIN)/prefect worker start --pool '$(POOL)' $(if $(LIMIT),--limit '$(LIMIT)')
 
 deploy: $(INSTALLED)  ## register prefect.yaml's deployments and automations (idempotent) with the server
 	for pool in cpu gpu; do $(BIN)/prefect work-pool inspect $$pool >/dev/null 2>&1 || $(BIN)/prefect work-pool create $$pool --type process; done
 	$(BIN)/prefect --no-prompt deploy --all
 	$(BIN)/python -m pipeline.automations --file prefect.yaml
+
+# Beyond one machine (README, "Scaling out"). The default DVC remote: any DVC URL (a folder every machine
+# mounts at the same path, s3://bucket/path, ssh://host/path, ...). .dvc/config is committed, so a URL
+# with a password in it is refused: credentials come from the environment or `dvc remote modify --local`.
+REMOTE ?= storage
+# make sweep GRID="-S 'train.learning_rate=0.0003,0.001' -S 'model.hidden_sizes=[256,256],[512,512]'"
+GRID ?=
+SWEEP_FLAGS ?=
+sweep bench-sweep: export PREFECT_API_URL ?= http://$(PREFECT_HOST):$(PREFECT_PORT)/api
+ifneq ($(PREFECT_AUTH_FROM_FILE),)
+sweep: export PREFECT_API_AUTH_STRING := $(PREFECT_AUTH_FROM_FILE)
+endif
+
+.PHONY: remote sweep bench-sweep
+
+remote: $(INSTALLED)  ## set the default DVC remote: make remote URL=/mnt/dvc-store|s3://bucket/path|ssh://host/path
+	@if [ -z '$(URL)' ]; then echo "make remote: give the remote's URL: make remote URL=s3://bucket/path (or /mnt/dvc-store, ssh://host/path)" >&2; exit 2; fi
+	@if printf '%s' '$(URL)' | grep -Eq '^[A-Za-z][A-Za-z0-9+.-]*://[^/@]*:[^/@]*@'; then echo "make remote: refusing a URL with a password in it (.dvc/config is committed): give credentials through the environment or 'dvc remote modify --local $(REMOTE) ...'" >&2; exit 2; fi
+	$(BIN)/dvc remote add --default --force '$(REMOTE)' '$(URL)'
+	@echo "make remote: the default DVC remote is now '$(REMOTE)' = $(URL); share it: git add .dvc/config && git commit -m 'DVC remote' && git push, then dvc push"
+
+sweep: $(INSTALLED)  ## run a grid (GRID="-S 'key=a,b' -S ...", dvc exp run -S grammar) as one experiment per point on the pool's workers
+	$(BIN)/python -m pipeline.sweep $(GRID) $(SWEEP_FLAGS)
 
 # New data (README, "Training on your own images"): prefect.yaml's retrain-cpu deployment has a trigger on this event.
 .PHONY: data-updated

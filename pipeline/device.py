@@ -13,6 +13,9 @@ ruamel.yaml's round trip, as `dvc exp run -S` does, so comments and layout stay.
 from __future__ import annotations
 
 import io
+import socket
+import subprocess
+import sys
 from pathlib import Path
 
 from ruamel.yaml import YAML
@@ -29,6 +32,24 @@ def check_device(device: str) -> str:
     if device not in DEVICE_CLASSES:
         raise DeviceError(f"device {device!r} is not one of {', '.join(DEVICE_CLASSES)}")
     return device
+
+
+# Asked in a subprocess: pipeline/ never imports torch.
+_PROBE = {"cuda": "torch.cuda.is_available()", "mps": "torch.backends.mps.is_available()"}
+
+
+def require_device(device: str | None) -> None:
+    """Stop before any work when this machine cannot train on `device` (cuda or mps; a gpu pool's
+    worker without CUDA, say): what the train stage would find out only after the data is in."""
+    if device not in _PROBE:
+        return
+    probe = subprocess.run([sys.executable, "-c", f"import torch; print({_PROBE[device]}, 'in torch', torch.__version__)"],
+                           capture_output=True, text=True)
+    if probe.returncode != 0 or not probe.stdout.startswith("True"):
+        found = probe.stdout.strip() or probe.stderr.strip()[-300:]
+        raise DeviceError(f"this machine ({socket.gethostname()}) has no {device} device that torch can use "
+                          f"({_PROBE[device]} is {found}); a run asking for {device} needs one. "
+                          "Nothing was run, committed or pushed.")
 
 
 def set_device(project: Path, device: str) -> bool:

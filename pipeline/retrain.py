@@ -28,7 +28,7 @@ from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact
 from prefect.exceptions import MissingContextError
 
-from pipeline.device import PARAMS_FILE, check_device
+from pipeline.device import PARAMS_FILE, check_device, require_device
 from pipeline.flows import train_pipeline
 from pipeline.retrain_gate import RECORD_PATH, GateError, decision_report, judge_challenger, write_record
 from pipeline.stages import lock_md5, stage_env
@@ -270,6 +270,7 @@ def retrain(repo: str = ".", base: str = "main", device: str | None = None, work
     logger = get_run_logger()
     if device is not None:
         check_device(device)
+        require_device(device)  # a gpu pool's worker without CUDA stops here, before any work
     root = Path(workspace_root) if workspace_root else Path(tempfile.gettempdir())
     root.mkdir(parents=True, exist_ok=True)
     workspace, local_repo = open_workspace(repo, base, root)
