@@ -77,10 +77,17 @@ def test_new_data_announced_retrains_rescoring_the_champion_on_the_new_test_spli
         state = final_state(api, flow_run, 600)
     finally:
         stop(worker)
-    logs = "\n".join(row["message"] for row in api_call(api, "POST", "/logs/filter", json={
-        "logs": {"flow_run_id": {"any_": [flow_run]}}, "limit": 200}))
     assert state == "COMPLETED", (tmp_path / "worker.log").read_text()[-4000:]
-    assert "re-scoring the champion at main on the new test split" in logs, logs[-4000:]
+
+    def flow_logs() -> str:  # the newest first: a run's DVC output alone can pass the page size
+        return "\n".join(row["message"] for row in api_call(api, "POST", "/logs/filter", json={
+            "logs": {"flow_run_id": {"any_": [flow_run]}}, "sort": "TIMESTAMP_DESC", "limit": 200}))
+    # Logs reach the server in batches, after the state that ends the run.
+    def complete_logs() -> str | None:
+        text = flow_logs()
+        return text if "champion re-scored on the" in text else None
+    logs = wait_for(complete_logs, "the retrain's last log lines", 60)
+    assert "re-scoring the champion at main on the new test split" in logs, logs[:4000]
 
     branch = git(project, "branch", "--list", "retrain/*", "--format=%(refname:short)").split()
     assert len(branch) == 1, "promoted: one retrain branch"
