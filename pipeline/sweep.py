@@ -140,9 +140,11 @@ def sweep_point(overrides: list[str], name: str, device: str | None = None, git_
             logger.info("%s", line)
 
     logger.info("dvc exp run -n %s %s", name, " ".join(flags))
+    ran = time.monotonic()
     code, lines = stream(_dvc("exp", "run", "-n", name, *flags), project, log_line, timeout_s, "dvc exp run")
     if code != 0:
         raise SweepError(f"dvc exp run failed (exit {code}) for {' '.join(overrides)}:\n" + "\n".join(lines[-TAIL_LINES:]))
+    pushed = time.monotonic()
     code, lines = stream(_dvc("exp", "push", git_remote, name), project, log_line, timeout_s, "dvc exp push")
     if code != 0:
         raise SweepError(f"dvc exp push failed (exit {code}):\n" + "\n".join(lines[-TAIL_LINES:]))
@@ -158,7 +160,8 @@ def sweep_point(overrides: list[str], name: str, device: str | None = None, git_
         row[key] = json.dumps(value) if isinstance(value, (list, dict)) else value
     row.update(_flatten("test", metrics.get("test") or {}))
     row.update({"worker": os.environ.get("PREFECT__WORKER_NAME") or socket.gethostname(),
-                "seconds": round(time.monotonic() - started, 1)})
+                "seconds": round(time.monotonic() - started, 1), "exp_run_s": round(pushed - ran, 1),
+                "exp_push_s": round(time.monotonic() - pushed, 1)})
     create_table_artifact(key=POINT_ARTIFACT, table=[row], description=f"sweep point {name}: params and test metrics")
     logger.info("experiment %s (%s) pushed to %s: %s", name, row["rev"], git_remote,
                 ", ".join(f"{k} {v}" for k, v in row.items() if k.startswith("test.")))

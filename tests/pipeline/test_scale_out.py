@@ -15,6 +15,7 @@ import os
 import re
 import subprocess
 import time
+from contextlib import contextmanager
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -122,41 +123,50 @@ def sweep_run_id(output: str) -> str:
     return re.search(r"runs/flow-run/([0-9a-f-]{36})", output)[1]
 
 
-@pytest.fixture(scope="module")
-def cluster(tmp_path_factory):
-    root = tmp_path_factory.mktemp("scale-out")
+@contextmanager
+def loopback_cluster(root: Path, workers=(("machine-a", "cpu"), ("machine-b", "cpu"), ("machine-a", "gpu")),
+                     epochs: int = 1):
+    """The README's walkthrough on loopback: a bare origin, a directory DVC remote, a Prefect server, the
+    laptop (`make remote`, `make run`, commit, `dvc push`, `git push`, `make deploy`) and a worker per
+    (machine, pool), each machine an empty folder that gets only a clone of the origin's URL."""
     origin, remote = root / "origin.git", root / "dvc-remote"
     url = origin.as_uri()
     subprocess.run(["git", "init", "-q", "--bare", "-b", "main", str(origin)], check=True)
-
-    # The laptop: the project, its default remote set in one command, a champion trained and pushed.
     laptop = copy_project(root / "laptop")
-    write_params(laptop, **{"train.epochs": 1, "save.min_accuracy": 0.5})
+    write_params(laptop, **{"train.epochs": epochs, "save.min_accuracy": 0.5})
+    commit_all(laptop, "the project")
     git(laptop, "remote", "add", "origin", url)
     with prefect_server(root) as (api, env):
-        done = make(laptop, env, "remote", f"URL={remote}")
-        assert done.returncode == 0, done.stdout + done.stderr
-        dvc(laptop, "repro", "-q")
-        commit_all(laptop, "champion, and the DVC remote")
+        for step in (("remote", f"URL={remote}"), ("run",)):
+            done = make(laptop, env, *step, timeout=900)
+            assert done.returncode == 0, done.stdout + done.stderr
+        git(laptop, "add", ".dvc/config", "params.yaml", "dvc.lock", "metrics")
+        git(laptop, "commit", "-q", "-m", "DVC remote and champion")
         dvc(laptop, "push", "-q")
         git(laptop, "push", "-q", "origin", "main")
         deployed = make_deploy(laptop, env)
         assert deployed.returncode == 0, deployed.stdout + deployed.stderr
 
-        workers = []
+        started = []
         try:
-            machines = {}
-            for name, pool in (("machine-a", "cpu"), ("machine-b", "cpu"), ("machine-a", "gpu")):
-                process, log = start_worker(root / name, url, env, pool)
-                workers.append(process)
-                machines[(name, pool)] = log
-            for log in machines.values():
+            logs, processes = {}, {}
+            for machine, pool in workers:
+                process, log = start_worker(root / machine, url, env, pool)
+                started.append(process)
+                logs[(machine, pool)], processes[(machine, pool)] = log, process
+            for log in logs.values():
                 wait_for(lambda log=log: worker_name(log), f"the worker of {log}", 180)
             yield SimpleNamespace(root=root, origin=origin, url=url, remote=remote, laptop=laptop, api=api, env=env,
-                                  logs=machines)
+                                  logs=logs, workers=processes)
         finally:
-            for process in workers:
+            for process in started:
                 stop(process)
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory):
+    with loopback_cluster(tmp_path_factory.mktemp("scale-out")) as running:
+        yield running
 
 
 def logs_tail(cluster) -> str:
@@ -212,6 +222,8 @@ def test_a_sweep_spreads_over_two_url_only_workers_and_every_experiment_reaches_
         # ... and its outputs are on the DVC remote (dvc exp push sent them).
         lock = yaml.safe_load(git(third, "show", f"{revision['rev']}:dvc.lock"))
         assert in_remote(cluster.remote, lock_md5(lock, MODEL)), row["experiment"]
+    dvc(third, "exp", "branch", rows[0]["experiment"], "best-of-grid")  # the winner, ready for a pull request
+    assert "learning_rate:" in git(third, "diff", "main", "best-of-grid", "--", "params.yaml")
     print(f"4-point sweep on two workers: {elapsed:.0f} s")
 
 
