@@ -174,6 +174,9 @@ BENCH_FLAGS ?=
 
 .PHONY: bench bench-gpu
 
+bench-sweep: $(INSTALLED)  ## a 4-point sweep on two loopback workers against one worker in turn; prints the wall-time ratio (~4 min)
+	$(BIN)/python benchmarks/sweep_scaling.py $(BENCH_FLAGS)
+
 bench: $(INSTALLED)  ## training throughput vs the seed's loop and the matmul bound, then pipeline overhead, then prepare on 60,000 PNGs (~7 min)
 	$(BIN)/python benchmarks/train_throughput.py $(BENCH_FLAGS)
 	$(BIN)/python benchmarks/pipeline_overhead.py $(BENCH_FLAGS)
