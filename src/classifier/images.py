@@ -42,8 +42,6 @@ def array_to_model_input(pixels: np.ndarray, size: int) -> np.ndarray:
 def decode(data: bytes | Path, size: int, source: Path | str) -> np.ndarray:
     """Decode an image file (its bytes, or its path) to model input; a file that is not a readable
     image raises a UserError naming `source`."""
-    import io
-
     try:
         with Image.open(io.BytesIO(data) if isinstance(data, bytes) else data) as image:
             image.load()  # a truncated file fails here, not later
