@@ -31,19 +31,19 @@ def test_only_dvcs_own_didnt_change_counts_as_skipped():
                      "save": RAN}  # never named: counted as changed, not as skipped
 
 
-def project_with_sleeper(tmp_path: Path) -> Path:
+def one_stage_repo(tmp_path: Path, stage: str, code: str) -> Path:
+    """A git + DVC repo whose only stage runs `python -c code`."""
     repo = tmp_path / "repo"
     repo.mkdir()
     git(repo, "init", "-q")
     dvc(repo, "init", "-q")
-    sleeper = "import os, time; open('pid', 'w').write(str(os.getpid())); time.sleep(120)"
-    (repo / "dvc.yaml").write_text(f'stages:\n  sleep:\n    cmd: python -c "{sleeper}"\n    outs: [never]\n')
+    (repo / "dvc.yaml").write_text(f'stages:\n  {stage}:\n    cmd: python -c "{code}"\n    outs: [never]\n')
     return repo
 
 
 @pytest.mark.slow
 def test_timeout_kills_the_stage_process_group(tmp_path):
-    repo = project_with_sleeper(tmp_path)
+    repo = one_stage_repo(tmp_path, "sleep", "import os, time; open('pid', 'w').write(str(os.getpid())); time.sleep(120)")
     with pytest.raises(PipelineError, match="dvc repro ran past its timeout"):
         repro(repo, lambda line: None, timeout_s=8)
     pid = int((repo / "pid").read_text())
@@ -59,12 +59,7 @@ def test_timeout_kills_the_stage_process_group(tmp_path):
 
 @pytest.mark.slow
 def test_a_failed_stage_names_itself_and_its_commands_exit_status(tmp_path):
-    repo = tmp_path / "repo"
-    repo.mkdir()
-    git(repo, "init", "-q")
-    dvc(repo, "init", "-q")
-    failing = "import sys; print('bad input, x must be positive', file=sys.stderr); sys.exit(2)"
-    (repo / "dvc.yaml").write_text(f'stages:\n  check:\n    cmd: python -c "{failing}"\n    outs: [never]\n')
+    repo = one_stage_repo(tmp_path, "check", "import sys; print('bad input, x must be positive', file=sys.stderr); sys.exit(2)")
     with pytest.raises(StageFailed, match=r"(?s)stage 'check' failed \(exit 2\):\nbad input, x must be positive") as error:
         repro(repo, lambda line: None, timeout_s=60)
     assert error.value.stage == "check" and error.value.exit_code == 2
