@@ -98,7 +98,7 @@ PREFECT_AUTH_FILE ?= $(CURDIR)/.prefect/auth
 ifeq ($(origin PREFECT_API_AUTH_STRING),undefined)
 PREFECT_AUTH_FROM_FILE := $(strip $(shell cat '$(PREFECT_AUTH_FILE)' 2>/dev/null))
 ifneq ($(PREFECT_AUTH_FROM_FILE),)
-run retrain worker deploy data-updated: export PREFECT_API_AUTH_STRING := $(PREFECT_AUTH_FROM_FILE)
+run retrain worker deploy data-updated sweep: export PREFECT_API_AUTH_STRING := $(PREFECT_AUTH_FROM_FILE)
 endif
 endif
 NO_AUTH_STRING = refusing to serve on $(PREFECT_HOST) without an auth string: run 'make auth-string' (writes $(PREFECT_AUTH_FILE)) or export PREFECT_SERVER_API_AUTH_STRING
@@ -120,8 +120,9 @@ server: $(INSTALLED)  ## start a Prefect server on PREFECT_HOST:PREFECT_PORT (de
 worker deploy data-updated: export PREFECT_API_URL ?= http://$(PREFECT_HOST):$(PREFECT_PORT)/api
 
 # This project's flows send a heartbeat event every 30 s wherever they run (deployments: prefect.yaml's
-# job_variables), so that the `crash-silent-flow-runs` automation can tell a dead run from a live one.
-run retrain worker: export PREFECT_FLOWS_HEARTBEAT_FREQUENCY ?= 30
+# job_variables; make run and make retrain: python -m pipeline's default), so that the
+# `crash-silent-flow-runs` automation can tell a dead run from a live one.
+worker: export PREFECT_FLOWS_HEARTBEAT_FREQUENCY ?= 30
 
 # The worker runs with SIGINT at its default: one started from a script in the background
 # (`make worker &` in a non-interactive shell) inherits SIGINT ignored, and then Prefect's handler,
@@ -146,9 +147,6 @@ REMOTE ?= storage
 GRID ?=
 SWEEP_FLAGS ?=
 sweep bench-sweep: export PREFECT_API_URL ?= http://$(PREFECT_HOST):$(PREFECT_PORT)/api
-ifneq ($(PREFECT_AUTH_FROM_FILE),)
-sweep: export PREFECT_API_AUTH_STRING := $(PREFECT_AUTH_FROM_FILE)
-endif
 
 .PHONY: remote sweep bench-sweep
 

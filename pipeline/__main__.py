@@ -20,6 +20,8 @@ from collections.abc import Sequence
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
+from pipeline.project import LOCK_PATH, METRICS_PATH, PARAMS_PATH
+
 # Set before Prefect is imported: its settings are read once. Offline, telemetry calls only fail
 # and slow the server down.
 QUIET_DEFAULTS = {
@@ -28,7 +30,7 @@ QUIET_DEFAULTS = {
     "DVC_NO_ANALYTICS": "1",
 }
 # What a run records, for the closing hint on what to commit.
-RESULT_FILES = ("params.yaml", "dvc.lock", "metrics")
+RESULT_FILES = (PARAMS_PATH, LOCK_PATH, str(Path(METRICS_PATH).parent))
 
 
 def say(message: str) -> None:
@@ -77,9 +79,8 @@ def params_problem(project: Path) -> str | None:
     from classifier.cli import UserError
     from classifier.params import load_params
 
-    path = project / "params.yaml"
     try:
-        load_params(path if project != Path.cwd() else Path("params.yaml"))
+        load_params(project / PARAMS_PATH if project != Path.cwd() else Path(PARAMS_PATH))
     except UserError as error:
         return str(error)
     return None

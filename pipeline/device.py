@@ -20,8 +20,9 @@ from pathlib import Path
 
 from ruamel.yaml import YAML
 
+from pipeline.project import PARAMS_PATH
+
 DEVICE_CLASSES = ("auto", "cpu", "cuda", "mps")
-PARAMS_FILE = "params.yaml"
 
 
 class DeviceError(ValueError):
@@ -55,7 +56,7 @@ def require_device(device: str | None) -> None:
 def set_device(project: Path, device: str) -> bool:
     """Make params.yaml's train.device say `device`; returns whether the file changed."""
     check_device(device)
-    path = Path(project) / PARAMS_FILE
+    path = Path(project) / PARAMS_PATH
     yaml = YAML()
     yaml.default_flow_style = False  # DVC's settings for `dvc exp run -S`
     params = yaml.load(path.read_text(encoding="utf-8"))

@@ -16,6 +16,7 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
 
 from pipeline.device import set_device
+from pipeline.project import MODEL_CARD_PATH, MODEL_PATH, flatten
 from pipeline.stages import (
     CHANGED,
     PipelineError,
@@ -26,9 +27,6 @@ from pipeline.stages import (
     repro,
 )
 
-# The model and its card as the save stage writes them (dvc.yaml's save outs).
-MODEL_PATH = "models/model.pth"
-MODEL_CARD = "models/model.json"
 # The stage whose failures are the network's, and so worth a retry of the run.
 RETRIED_STAGE, RETRIES = "download", 3
 
@@ -59,13 +57,9 @@ def read_json(path: Path) -> dict | None:
     return json.loads(path.read_text(encoding="utf-8")) if path.exists() else None
 
 
-def metrics_rows(metrics: dict, prefix: str = "") -> list[dict]:
+def metrics_rows(metrics: dict) -> list[dict]:
     """metrics.json flattened to one {metric, value} row per leaf, e.g. test.accuracy."""
-    rows = []
-    for key, value in metrics.items():
-        name = f"{prefix}{key}"
-        rows.extend(metrics_rows(value, name + ".") if isinstance(value, dict) else [{"metric": name, "value": value}])
-    return rows
+    return [{"metric": name, "value": value} for name, value in flatten("", metrics).items()]
 
 
 def run_report(results: list[StageResult], metrics: dict | None, card: dict | None) -> str:
@@ -96,7 +90,7 @@ def train_pipeline(project_dir: str = ".", device: str | None = None, target: st
 
     metrics_files = [project / path for path in metrics_paths(project)]
     metrics = read_json(metrics_files[0]) if metrics_files else None
-    card = read_json(project / MODEL_CARD)
+    card = read_json(project / MODEL_CARD_PATH)
     if metrics is not None:
         create_table_artifact(key="metrics", table=metrics_rows(metrics),
                               description=f"{metrics_files[0].relative_to(project)} after this run")

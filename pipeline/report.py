@@ -31,9 +31,9 @@ import pandas as pd
 from classifier.compare import NOT_COMPARABLE, cannot_judge, exit_status, judge, pairing_problem
 from classifier.files import atomic_write_text
 from pipeline import report_plots
+from pipeline.project import PREPARED_PATH
 from pipeline.report_gather import (
-    EVALUATION_PATH, LOCK_PATH, METRICS_PATH, MODEL_PATH, PARAMS_PATH, PREDICTIONS_PATH, PREPARED_PATH, ReportError,
-    Snapshot,
+    EVALUATION_PATH, LOCK_PATH, METRICS_PATH, MODEL_PATH, PARAMS_PATH, PREDICTIONS_PATH, ReportError, Snapshot,
     compare_policy, dvc_cache_dir, dvc_params_diff, dvc_plots, git_reader, missing_base_note, model_hash, read_snapshot,
     repo_root, resolve, section_changes, stage_changes, stage_order, uncommitted, workspace_reader,
 )

@@ -26,17 +26,17 @@ from classifier.params import CompareParams
 from pipeline.report_markdown import code
 from pipeline.stages import PipelineError, lock_md5, stage_env, stage_names
 
-# The outputs dvc.yaml declares for evaluate and train, read at both revisions.
-METRICS_PATH = "metrics/metrics.json"
-EVALUATION_PATH = "metrics/evaluation.json"
-PREDICTIONS_PATH = "metrics/predictions.csv"
-HISTORY_PATH = "metrics/history.csv"
-PER_CLASS_PATH = "metrics/per_class.csv"
-LOCK_PATH = "dvc.lock"
-PARAMS_PATH = "params.yaml"
-# The prepare stage's output: the test images themselves, for the picture of those that flipped.
-PREPARED_PATH = "data/prepared"
-MODEL_PATH = "models/model.pth"
+from pipeline.project import (  # the files read at both revisions
+    EVALUATION_PATH,
+    HISTORY_PATH,
+    LOCK_PATH,
+    METRICS_PATH,
+    MODEL_PATH,
+    PARAMS_PATH,
+    PER_CLASS_PATH,
+    PREDICTIONS_PATH,
+    flatten,
+)
 
 
 class ReportError(UserError):
@@ -147,15 +147,6 @@ def params_changes(dvc_params_diff: Mapping) -> list[ParamChange]:
         for file, changes in sorted(dvc_params_diff.items())
         for key, change in sorted(changes.items())
     ]
-
-
-def flatten(prefix: str, value: object) -> dict[str, object]:
-    if isinstance(value, Mapping):
-        flat: dict[str, object] = {}
-        for key, inner in value.items():
-            flat.update(flatten(f"{prefix}.{key}" if prefix else str(key), inner))
-        return flat
-    return {prefix: value}
 
 
 def section_changes(base: Mapping | None, head: Mapping | None, section: str) -> list[ParamChange]:

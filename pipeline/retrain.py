@@ -28,15 +28,15 @@ from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact
 from prefect.exceptions import MissingContextError
 
-from pipeline.device import PARAMS_FILE, check_device, require_device
+from pipeline.device import check_device, require_device
 from pipeline.flows import train_pipeline
+from pipeline.project import LOCK_PATH, MODEL_PATH, PARAMS_PATH
 from pipeline.retrain_gate import RECORD_PATH, GateError, decision_report, judge_challenger, write_record
 from pipeline.stages import lock_md5, stage_env
 
 NO_CHANGE = "no change: DVC reran and restored nothing, champion kept"
 SAME_MODEL = "no change: the retrained model is byte-identical to the champion, champion kept"
 # The published model, as dvc.lock records it: equal hashes mean nothing worth a branch.
-MODEL_OUT = "models/model.pth"
 
 
 class RetrainError(Exception):
@@ -237,8 +237,8 @@ def same_model_as_champion(workspace: Path, base: str) -> bool:
     shown = subprocess.run(["git", "show", f"{base}:dvc.lock"], cwd=workspace, capture_output=True, text=True)
     if shown.returncode != 0:
         return False
-    champion = lock_md5(yaml.safe_load(shown.stdout), MODEL_OUT)
-    return champion is not None and champion == lock_md5(yaml.safe_load((workspace / "dvc.lock").read_text()), MODEL_OUT)
+    champion = lock_md5(yaml.safe_load(shown.stdout), MODEL_PATH)
+    return champion is not None and champion == lock_md5(yaml.safe_load((workspace / LOCK_PATH).read_text()), MODEL_PATH)
 
 
 def promote(workspace: Path, repo_is_url: bool, pushed_to_remote: bool) -> str:
@@ -248,7 +248,7 @@ def promote(workspace: Path, repo_is_url: bool, pushed_to_remote: bool) -> str:
     if branch in existing:
         branch = f"{branch}-{uuid.uuid4().hex[:6]}"
     git(workspace, "switch", "--quiet", "-c", branch)
-    paths = ["dvc.lock", PARAMS_FILE, str(Path(RECORD_PATH).parent)]
+    paths = [LOCK_PATH, PARAMS_PATH, str(Path(RECORD_PATH).parent)]
     git(workspace, "add", "--", *paths)
     git(workspace, "-c", "user.name=classifier retrain", "-c", "user.email=retrain@localhost",
         "commit", "--quiet", "--allow-empty", "-m", f"Retrain: new model at least as good as the champion ({branch})")
@@ -286,7 +286,7 @@ def retrain(repo: str = ".", base: str = "main", device: str | None = None, work
             return {"result": SAME_MODEL, "branch": None, "stages": run["stages"]}
 
         try:
-            decision = judge_challenger(workspace, base, log=logger.info)  # re-scores the champion on new data
+            decision, test_split = judge_challenger(workspace, base, log=logger.info)  # re-scores the champion on new data
         except GateError as error:
             raise RetrainError(f"nothing promoted: {error}") from None
         if not decision.promote:
@@ -294,7 +294,7 @@ def retrain(repo: str = ".", base: str = "main", device: str | None = None, work
                                      description="retrained model against the champion: not promoted")
             raise RetrainError(f"the retrained model is not promoted over the champion at {base}: {decision.reason}")
 
-        write_record(workspace, decision)
+        write_record(workspace, decision, test_split)
         branch = promote(workspace, is_url(repo), has_dvc_remote(workspace))
         create_markdown_artifact(key="retrain-comparison", markdown=decision_report(decision, base, branch),
                                  description=f"retrained model against the champion: promoted on {branch}")

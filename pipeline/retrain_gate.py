@@ -36,6 +36,7 @@ from pipeline.report_gather import (
     read_snapshot,
     workspace_reader,
 )
+from pipeline.project import MODEL_CARD_PATH, MODEL_PATH, PREPARED_PATH, lookup
 from pipeline.stages import lock_md5, stage_env
 
 # Written by a promotion, beside the metrics it judged: {"test_fingerprint", "best_accuracy"}.
@@ -72,13 +73,10 @@ def best_accuracy(read, fingerprint: str) -> float | None:
     return best if recorded_on == fingerprint else None
 
 
-# The published model and its card, as dvc.lock records them (dvc.yaml's save outs).
-MODEL_PATH, CARD_PATH = "models/model.pth", "models/model.json"
 # The params that decide each image's split (classifier.prepare.assign_splits): equal values put
 # every image the champion trained on in the training pool again.
 SPLIT_PARAMS = ("seed", "data.dataset", "data.test_fraction", "data.val_fraction", "data.image_size")
-# What evaluate reads and writes, as dvc.yaml passes them.
-PREPARED_DIR = "data/prepared"
+# What evaluate writes, in the order dvc.yaml passes them.
 EVALUATE_OUTPUTS = ("metrics.json", "evaluation.json", "predictions.csv", "per_class.csv")
 
 
@@ -86,8 +84,9 @@ def _nothing(message: str) -> None:
     pass
 
 
-def judge_challenger(workspace: Path, base: str, log: Callable[[str], None] = _nothing) -> GateDecision:
-    """The gate's decision on the workspace's new model against the champion committed at `base`.
+def judge_challenger(workspace: Path, base: str, log: Callable[[str], None] = _nothing) -> tuple[GateDecision, str]:
+    """The gate's decision on the workspace's new model against the champion committed at `base`,
+    and the fingerprint of the test split it was made on.
 
     On another test split (the data changed), the champion's model is re-scored on the new one first.
     """
@@ -102,21 +101,16 @@ def judge_challenger(workspace: Path, base: str, log: Callable[[str], None] = _n
     if champion.fingerprint != challenger.fingerprint:
         champion = rescore_champion(workspace, base, champion_snapshot, challenger_snapshot, log)
     try:
-        return gate(champion.predictions, challenger.predictions, policy, best_accuracy(at_base, champion.fingerprint))
+        decision = gate(champion.predictions, challenger.predictions, policy, best_accuracy(at_base, champion.fingerprint))
     except ValueError as error:  # the tables do not pair, example by example
         raise GateError(str(error)) from None
-
-
-def _dotted(tree: dict | None, dotted: str):
-    for key in dotted.split("."):
-        tree = tree.get(key) if isinstance(tree, dict) else None
-    return tree
+    return decision, challenger.fingerprint
 
 
 def split_params(lock: dict | None) -> dict | None:
     """The split-deciding params the prepare stage ran with, as dvc.lock records them."""
     recorded = (((lock or {}).get("stages") or {}).get("prepare") or {}).get("params", {}).get(PARAMS_PATH)
-    return None if recorded is None else {name: _dotted(recorded, name) for name in SPLIT_PARAMS}
+    return None if recorded is None else {name: lookup(recorded, name) for name in SPLIT_PARAMS}
 
 
 def rescore_champion(workspace: Path, base: str, champion: Snapshot, challenger: Snapshot,
@@ -147,7 +141,7 @@ def rescore_champion(workspace: Path, base: str, champion: Snapshot, challenger:
         folder = Path(scratch)
         model, card = champion_model(workspace, base, champion.lock, folder)
         outputs = [folder / name for name in EVALUATE_OUTPUTS]
-        result = subprocess.run([sys.executable, "-m", "classifier.evaluate", PREPARED_DIR, str(model), str(card),
+        result = subprocess.run([sys.executable, "-m", "classifier.evaluate", PREPARED_PATH, str(model), str(card),
                                  *map(str, outputs)], cwd=workspace, env=stage_env(), capture_output=True, text=True)
         if result.returncode != 0:
             raise GateError(f"re-scoring the champion at {base} on the new test split failed "
@@ -168,7 +162,7 @@ def champion_model(workspace: Path, base: str, lock: dict | None, folder: Path) 
     cache = subprocess.run([sys.executable, "-m", "dvc", "cache", "dir"], cwd=workspace, env=stage_env(),
                            capture_output=True, text=True).stdout.strip()
     copies = {}
-    for path in (MODEL_PATH, CARD_PATH):
+    for path in (MODEL_PATH, MODEL_CARD_PATH):
         target = folder / Path(path).name
         md5 = lock_md5(lock, path)
         cached = Path(cache) / "files" / "md5" / md5[:2] / md5[2:] if cache and md5 else None
@@ -181,15 +175,14 @@ def champion_model(workspace: Path, base: str, lock: dict | None, folder: Path) 
                 raise GateError(f"the champion's {path} at {base} (md5 {md5}) is neither in the DVC cache nor "
                                 f"fetchable from the remote:\n{got.stderr.strip()[-1000:]}")
         copies[path] = target
-    card = json.loads(copies[CARD_PATH].read_text())
+    card = json.loads(copies[MODEL_CARD_PATH].read_text())
     if file_digest(copies[MODEL_PATH]) != (card or {}).get("sha256"):
         raise GateError(f"the champion's {MODEL_PATH} at {base} does not match the sha256 of its card")
-    return copies[MODEL_PATH], copies[CARD_PATH]
+    return copies[MODEL_PATH], copies[MODEL_CARD_PATH]
 
 
-def write_record(workspace: Path, decision: GateDecision) -> None:
+def write_record(workspace: Path, decision: GateDecision, fingerprint: str) -> None:
     """Keep the gate's record beside the promoted metrics, for the next retrain to judge by."""
-    fingerprint = results_of(snapshot_of(workspace_reader(workspace), "in the workspace"), "in the workspace").fingerprint
     record = {"test_fingerprint": fingerprint, "best_accuracy": round(decision.best_accuracy, 6)}
     (workspace / RECORD_PATH).write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
 

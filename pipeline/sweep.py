@@ -32,13 +32,12 @@ from prefect import flow, get_run_logger
 from prefect.artifacts import create_table_artifact
 
 from pipeline.device import check_device, require_device
+from pipeline.project import METRICS_PATH, PARAMS_PATH, flatten, lookup
 from pipeline.stages import TAIL_LINES, stage_env, stream
 
 POINT_DEPLOYMENT = "sweep-point/sweep-point-cpu"
 POINT_ARTIFACT = "sweep-point"
 SWEEP_ARTIFACT = "sweep"
-PARAMS_FILE = "params.yaml"
-METRICS_FILE = "metrics/metrics.json"
 GIT_REMOTE = "origin"
 FINAL = {"COMPLETED", "FAILED", "CANCELLED", "CRASHED"}
 POLL_S = 2.0
@@ -76,7 +75,7 @@ def expand_grid(overrides: Sequence[str]) -> list[list[str]]:
         points = get_hydra_sweeps(path_overrides) if sweeping else [path_overrides]
     except Exception as error:  # DVC's and Hydra's parse errors: the message names the bad override
         raise SweepError(f"cannot read the grid {list(overrides)}: {error}") from None
-    default = PARAMS_FILE
+    default = PARAMS_PATH
     return [[value if path == default else f"{path}:{value}" for path, values in point.items() for value in values]
             for point in points]
 
@@ -93,21 +92,6 @@ def _command(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
 
 def _dvc(*args: str) -> list[str]:
     return [sys.executable, "-m", "dvc", *args]
-
-
-def _lookup(params: dict, dotted: str):
-    value = params
-    for part in dotted.split("."):
-        if not isinstance(value, dict) or part not in value:
-            return None
-        value = value[part]
-    return value
-
-
-def _flatten(prefix: str, value) -> dict:
-    if isinstance(value, dict):
-        return {key: leaf for name, inner in value.items() for key, leaf in _flatten(f"{prefix}.{name}", inner).items()}
-    return {prefix: value}
 
 
 @flow(name="sweep-point")
@@ -151,14 +135,14 @@ def sweep_point(overrides: list[str], name: str, device: str | None = None, git_
 
     refs = _command(["git", "for-each-ref", "--format=%(objectname) %(refname)", "refs/exps/"], project).stdout
     rev = next((line.split()[0] for line in refs.splitlines() if line.endswith(f"/{name}")), None)
-    params = yaml.safe_load((project / PARAMS_FILE).read_text(encoding="utf-8")) or {}
-    metrics = json.loads((project / METRICS_FILE).read_text(encoding="utf-8"))
+    params = yaml.safe_load((project / PARAMS_PATH).read_text(encoding="utf-8")) or {}
+    metrics = json.loads((project / METRICS_PATH).read_text(encoding="utf-8"))
     row = {"experiment": name, "status": "COMPLETED", "rev": rev[:7] if rev else None}
     for override in overrides:
         key = override_key(override)
-        value = _lookup(params, key)
+        value = lookup(params, key)
         row[key] = json.dumps(value) if isinstance(value, (list, dict)) else value
-    row.update(_flatten("test", metrics.get("test") or {}))
+    row.update(flatten("test", metrics.get("test") or {}))
     row.update({"worker": os.environ.get("PREFECT__WORKER_NAME") or socket.gethostname(),
                 "seconds": round(time.monotonic() - started, 1), "exp_run_s": round(pushed - ran, 1),
                 "exp_push_s": round(time.monotonic() - pushed, 1)})

@@ -32,6 +32,7 @@ import torch
 from classifier.cli import run, stage_parser
 from classifier.data import Normalization, load_prepared
 from classifier.files import atomic_write_json, atomic_write_text
+from classifier.images import pixel_hashes
 from classifier.model import NeuralNetwork, logits_for
 from classifier.serialization import load_file
 
@@ -88,8 +89,7 @@ def split_fingerprint(images: np.ndarray, labels: np.ndarray) -> str:
 def example_ids(images: np.ndarray) -> list[str]:
     """A content id per image, so an id names the same picture in any run; repeats get -2, -3, ..."""
     ids, seen = [], {}
-    for image in np.ascontiguousarray(images, dtype=np.uint8):
-        digest = hashlib.sha256(image.tobytes()).hexdigest()[:ID_HEX_DIGITS]
+    for digest in (full[:ID_HEX_DIGITS] for full in pixel_hashes(images)):
         seen[digest] = seen.get(digest, 0) + 1
         ids.append(digest if seen[digest] == 1 else f"{digest}-{seen[digest]}")
     return ids

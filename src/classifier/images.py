@@ -14,6 +14,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from classifier.cli import UserError
+from classifier.files import sha256_bytes
 
 # TorchVision's ImageFolder rule (torchvision.datasets.folder.IMG_EXTENSIONS): a file counts as an
 # image by its extension, case-insensitive; anything else in the tree is ignored.
@@ -50,6 +51,11 @@ def decode(data: bytes | Path, size: int, source: Path | str) -> np.ndarray:
         raise UserError(f"{source}: not an image file, or a corrupt one (PIL cannot identify it)") from None
     except (OSError, SyntaxError, ValueError) as error:  # PIL reports truncated and bad data as these
         raise UserError(f"{source}: cannot decode the image ({error})") from None
+
+
+def pixel_hashes(images: np.ndarray) -> list[str]:
+    """sha256 of each image's pixels (uint8, C order): the content id prepare splits by and evaluate reports."""
+    return [sha256_bytes(image.tobytes()) for image in np.ascontiguousarray(images, dtype=np.uint8)]
 
 
 def read_image(path: Path, size: int) -> np.ndarray:

@@ -29,7 +29,7 @@ import pandas as pd
 from classifier.cli import UserError, run, stage_parser
 from classifier.datasets import BUNDLED_MNIST_5K, DATASETS, IDX_ROLES
 from classifier.files import atomic_write_bytes, atomic_write_json, atomic_write_text, sha256_bytes
-from classifier.images import array_to_model_input, decode, is_image_file
+from classifier.images import array_to_model_input, decode, is_image_file, pixel_hashes
 from classifier.params import DataParams, load_params
 
 log = logging.getLogger("prepare")
@@ -96,10 +96,6 @@ def assign_splits(hashes: Sequence[str], seed: int, data_params: DataParams,
         pool_draws = draws
     val = ~test & (pool_draws < data_params.val_fraction)
     return np.where(test, "test", np.where(val, "val", "train"))
-
-
-def pixel_hashes(images: np.ndarray) -> list[str]:
-    return [sha256_bytes(image.tobytes()) for image in np.ascontiguousarray(images, dtype=np.uint8)]
 
 
 def array_source(images: np.ndarray, labels: np.ndarray, classes: Sequence[str], paths: Sequence[str],
