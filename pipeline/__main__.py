@@ -172,7 +172,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     os.environ.setdefault("PREFECT_FLOWS_HEARTBEAT_FREQUENCY", "30")
     local = connect(project)
     from pipeline.device import DeviceError
-    from pipeline.stages import PipelineError, StageFailed
+    from pipeline.run.stages import PipelineError, StageFailed
 
     quiet_engine_failures()
     try:
@@ -188,7 +188,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def run_command(args: argparse.Namespace, project: Path) -> int:
     if args.command == "run":
-        from pipeline.flows import train_pipeline
+        from pipeline.run.flow import train_pipeline
 
         summary = train_pipeline(project_dir=str(project), device=args.device, target=args.target)
         print("\n".join(produced(summary, project)))

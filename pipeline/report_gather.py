@@ -24,7 +24,7 @@ from classifier.compare import PredictionsError, Results, read_predictions
 from classifier.files import file_digest
 from classifier.params import CompareParams
 from pipeline.report_markdown import code
-from pipeline.stages import PipelineError, lock_md5, stage_env, stage_names
+from pipeline.run.stages import PipelineError, lock_md5, stage_env, stage_names
 
 from pipeline.project import (  # the files read at both revisions
     EVALUATION_PATH,

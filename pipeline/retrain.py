@@ -29,10 +29,10 @@ from prefect.artifacts import create_markdown_artifact
 from prefect.exceptions import MissingContextError
 
 from pipeline.device import check_device, require_device
-from pipeline.flows import train_pipeline
+from pipeline.run.flow import train_pipeline
 from pipeline.project import LOCK_PATH, MODEL_PATH, PARAMS_PATH
 from pipeline.retrain_gate import RECORD_PATH, GateError, decision_report, judge_challenger, write_record
-from pipeline.stages import lock_md5, stage_env
+from pipeline.run.stages import lock_md5, stage_env
 
 NO_CHANGE = "no change: DVC reran and restored nothing, champion kept"
 SAME_MODEL = "no change: the retrained model is byte-identical to the champion, champion kept"

@@ -37,7 +37,7 @@ from pipeline.report_gather import (
     workspace_reader,
 )
 from pipeline.project import MODEL_CARD_PATH, MODEL_PATH, PREPARED_PATH, lookup
-from pipeline.stages import lock_md5, stage_env
+from pipeline.run.stages import lock_md5, stage_env
 
 # Written by a promotion, beside the metrics it judged: {"test_fingerprint", "best_accuracy"}.
 RECORD_PATH = "metrics/best.json"

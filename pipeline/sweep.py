@@ -33,7 +33,7 @@ from prefect.artifacts import create_table_artifact
 
 from pipeline.device import check_device, require_device
 from pipeline.project import METRICS_PATH, PARAMS_PATH, flatten, lookup
-from pipeline.stages import TAIL_LINES, stage_env, stream
+from pipeline.run.stages import TAIL_LINES, stage_env, stream
 
 POINT_DEPLOYMENT = "sweep-point/sweep-point-cpu"
 POINT_ARTIFACT = "sweep-point"

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import yaml
 
-from pipeline.stages import stage_env
+from pipeline.run.stages import stage_env
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 
@@ -39,7 +39,7 @@ def idx_bytes(array: np.ndarray) -> bytes:
 
 
 def subprocess_env(**extra: str) -> dict:
-    """The environment the flows give DVC and git (pipeline.stages.stage_env), plus `extra`."""
+    """The environment the flows give DVC and git (pipeline.run.stages.stage_env), plus `extra`."""
     return stage_env(extra)
 
 

@@ -1,4 +1,4 @@
-"""`python -m pipeline.dvc_run [TARGET]`: `dvc repro [TARGET]`, then `dvc status --json`.
+"""`python -m pipeline.run.dvc_run [TARGET]`: `dvc repro [TARGET]`, then `dvc status --json`.
 
 Both are DVC's own commands, run by DVC's own entry point; they share one interpreter and one
 import of DVC, which is about a third of a no-op run's cost. Between the two, a marker line

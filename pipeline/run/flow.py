@@ -17,7 +17,7 @@ from prefect.cache_policies import NO_CACHE
 
 from pipeline.device import set_device
 from pipeline.project import MODEL_CARD_PATH, MODEL_PATH, flatten
-from pipeline.stages import (
+from pipeline.run.stages import (
     CHANGED,
     PipelineError,
     StageFailed,

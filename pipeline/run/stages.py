@@ -24,7 +24,7 @@ from pathlib import Path
 
 import yaml
 
-from pipeline.dvc_run import STATUS_MARKER
+from pipeline.run.dvc_run import STATUS_MARKER
 
 DVC_RUN = Path(__file__).with_name("dvc_run.py")
 

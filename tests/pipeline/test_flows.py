@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from pipeline.stages import RAN, RESTORED, SKIPPED, PipelineError, StageFailed, outcomes, repro
+from pipeline.run.stages import RAN, RESTORED, SKIPPED, PipelineError, StageFailed, outcomes, repro
 from tests.conftest import PROJECT_ROOT, commit_all, dvc, git, subprocess_env, write_params
 
 
@@ -76,7 +76,7 @@ def flow_artifacts(flow_run_id) -> dict[str, object]:
 
 @pytest.mark.slow
 def test_flow_runs_every_stage_then_skips_them_and_leaves_git_clean(project, prefect_harness):
-    from pipeline.flows import train_pipeline
+    from pipeline.run.flow import train_pipeline
 
     state = train_pipeline(project_dir=str(project), return_state=True)
     assert state.is_completed(), state.message
@@ -105,7 +105,7 @@ def test_flow_runs_every_stage_then_skips_them_and_leaves_git_clean(project, pre
 @pytest.mark.slow
 def test_a_params_round_trip_ends_with_the_first_runs_results(project, prefect_harness):
     """0.1 -> 0.2 -> 0.1: DVC restores prepare from its run-cache, and everything after it must follow."""
-    from pipeline.flows import train_pipeline
+    from pipeline.run.flow import train_pipeline
 
     train_pipeline(project_dir=str(project))
     first_metrics = (project / "metrics/metrics.json").read_text()
@@ -128,7 +128,7 @@ def test_a_params_round_trip_ends_with_the_first_runs_results(project, prefect_h
 
 @pytest.mark.slow
 def test_a_failing_stage_fails_the_flow_and_later_stages_do_not_run(project, prefect_harness):
-    from pipeline.flows import train_pipeline
+    from pipeline.run.flow import train_pipeline
 
     dvc_yaml = project / "dvc.yaml"
     dvc_yaml.write_text(dvc_yaml.read_text().replace(
@@ -145,7 +145,7 @@ def test_a_failing_stage_fails_the_flow_and_later_stages_do_not_run(project, pre
 
 @pytest.mark.slow
 def test_a_run_that_leaves_a_stale_stage_fails_naming_it(project, prefect_harness):
-    from pipeline.flows import train_pipeline
+    from pipeline.run.flow import train_pipeline
 
     # The second stage changes the first one's out after DVC recorded it: DVC's run succeeds,
     # and only `dvc status` can tell that the results on disk are not the pipeline's.

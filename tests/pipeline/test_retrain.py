@@ -8,7 +8,7 @@ import pytest
 
 from classifier.files import file_digest
 from pipeline.retrain import NO_CHANGE, SAME_MODEL, RetrainError, retrain
-from pipeline.stages import RAN, RESTORED
+from pipeline.run.stages import RAN, RESTORED
 from tests.conftest import commit_all, dvc, git, write_params
 
 pytestmark = pytest.mark.slow

@@ -22,7 +22,7 @@ from types import SimpleNamespace
 import pytest
 import yaml
 
-from pipeline.stages import lock_md5
+from pipeline.run.stages import lock_md5
 from pipeline.sweep import SweepError, expand_grid, ranked
 from tests.conftest import commit_all, copy_project, dvc, git, write_params
 from tests.pipeline.prefect_server import (MAKE, api_call, final_state, make_deploy, prefect_server, run_deployment,
@@ -126,7 +126,7 @@ def sweep_run_id(output: str) -> str:
 @contextmanager
 def loopback_cluster(root: Path, workers=(("machine-a", "cpu"), ("machine-b", "cpu"), ("machine-a", "gpu")),
                      epochs: int = 1):
-    """The README's walkthrough on loopback: a bare origin, a directory DVC remote, a Prefect server, the
+    """The walkthrough in docs/scaling-out.md on loopback: a bare origin, a directory DVC remote, a Prefect server, the
     laptop (`make remote`, `make run`, commit, `dvc push`, `git push`, `make deploy`) and a worker per
     (machine, pool), each machine an empty folder that gets only a clone of the origin's URL."""
     origin, remote = root / "origin.git", root / "dvc-remote"
