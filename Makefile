@@ -66,7 +66,7 @@ metrics: $(INSTALLED)  ## show the committed metrics and their change against HE
 plots: $(INSTALLED) $(PLOTS_TEMPLATE)  ## render dvc plots to dvc_plots/index.html
 	$(BIN)/dvc plots show
 
-# Pull-request report: the workspace against BASE, written to OUT (see README, "Pull-request reports").
+# Pull-request report: the workspace against BASE, written to OUT (see docs/reports.md).
 BASE ?= main
 OUT ?= report
 REPORT_FLAGS ?=
@@ -86,12 +86,12 @@ pr-report: $(INSTALLED) $(PLOTS_TEMPLATE)  ## pipeline (pull or repro) then repo
 pr-comment:  ## post OUT/comment.md on pull request PR, editing your last comment there (needs gh; CI uses a sticky-comment action)
 	gh pr comment '$(PR)' --edit-last --create-if-none --body-file '$(OUT)/comment.md'
 
-# Scaling out (README, "Scaling out"): one server, a worker per machine and pool, deployments.
+# Scaling out (docs/scaling-out.md): one server, a worker per machine and pool, deployments.
 PREFECT_HOST ?= 127.0.0.1
 PREFECT_PORT ?= 4200
 POOL ?= cpu
 
-# The server's auth string (README, "Scaling out"): PREFECT_SERVER_API_AUTH_STRING on the server and
+# The server's auth string (docs/scaling-out.md, "Authentication"): PREFECT_SERVER_API_AUTH_STRING on the server and
 # PREFECT_API_AUTH_STRING on every client, each read from the environment or else from this file,
 # which git ignores (/.prefect/). It travels in the environment only, never on a command line.
 PREFECT_AUTH_FILE ?= $(CURDIR)/.prefect/auth
@@ -139,7 +139,7 @@ deploy: $(INSTALLED)  ## register prefect.yaml's deployments and automations (id
 	$(BIN)/prefect --no-prompt deploy --all
 	$(BIN)/python -m pipeline.automations --file prefect.yaml
 
-# Beyond one machine (README, "Scaling out"). The default DVC remote: any DVC URL (a folder every machine
+# Beyond one machine (docs/scaling-out.md, "Beyond one machine"). The default DVC remote: any DVC URL (a folder every machine
 # mounts at the same path, s3://bucket/path, ssh://host/path, ...). .dvc/config is committed, so a URL
 # with a password in it is refused: credentials come from the environment or `dvc remote modify --local`.
 REMOTE ?= storage
@@ -159,7 +159,7 @@ remote: $(INSTALLED)  ## set the default DVC remote: make remote URL=/mnt/dvc-st
 sweep: $(INSTALLED)  ## run a grid (GRID="-S 'key=a,b' -S ...", dvc exp run -S grammar) as one experiment per point on the pool's workers
 	$(BIN)/python -m pipeline.sweep $(GRID) $(SWEEP_FLAGS)
 
-# New data (README, "Training on your own images"): prefect.yaml's retrain-cpu deployment has a trigger on this event.
+# New data (docs/own-images.md): prefect.yaml's retrain-cpu deployment has a trigger on this event.
 .PHONY: data-updated
 data-updated: $(INSTALLED)  ## announce new data to the server (event classifier.data.updated): retrain-cpu starts a retrain
 	$(BIN)/prefect event emit classifier.data.updated --resource-id classifier.data
@@ -167,7 +167,7 @@ data-updated: $(INSTALLED)  ## announce new data to the server (event classifier
 retrain: $(INSTALLED)  ## retrain BASE (default main) now, in a workspace of its own; promotes only if as good
 	$(BIN)/python -m pipeline retrain --base '$(BASE)' $(DEVICE_FLAG)
 
-# Benchmarks (README, "Performance"); not part of `make test`. BENCH_FLAGS=--quick for a smoke run.
+# Benchmarks (docs/performance.md); not part of `make test`. BENCH_FLAGS=--quick for a smoke run.
 BENCH_FLAGS ?=
 
 .PHONY: bench bench-gpu

@@ -8,7 +8,7 @@ On a synthetic 60,000 x 28 x 28 uint8 set (random pixels and labels), with the s
 quickstart's own; lr 1e-3 either way), batch size and thread count, one epoch per repeat,
 medians over the repeats. The pixels do not change the GEMMs' cost, but the run's history can
 change Adam's: moments of units that get no gradient decay into subnormal floats after about
-800 steps, which the CPU computes on far more slowly (README, "Performance").
+800 steps, which the CPU computes on far more slowly (docs/performance.md).
 
   (a) seed   the PyTorch quickstart: torchvision.datasets.MNIST (PIL image + ToTensor per
              item) read from IDX files, DataLoader(batch_size=B), the quickstart's train loop;
