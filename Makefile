@@ -137,7 +137,7 @@ worker: $(INSTALLED)  ## start a worker on work pool POOL=cpu|gpu (created if mi
 deploy: $(INSTALLED)  ## register prefect.yaml's deployments and automations (idempotent) with the server
 	for pool in cpu gpu; do $(BIN)/prefect work-pool inspect $$pool >/dev/null 2>&1 || $(BIN)/prefect work-pool create $$pool --type process; done
 	$(BIN)/prefect --no-prompt deploy --all
-	$(BIN)/python -m pipeline.automations --file prefect.yaml
+	$(BIN)/python -m pipeline.server.automations --file prefect.yaml
 
 # Beyond one machine (docs/scaling-out.md, "Beyond one machine"). The default DVC remote: any DVC URL (a folder every machine
 # mounts at the same path, s3://bucket/path, ssh://host/path, ...). .dvc/config is committed, so a URL

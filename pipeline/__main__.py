@@ -43,7 +43,7 @@ def connect(project: Path) -> bool:
     os.environ.setdefault("PREFECT_HOME", str(project / ".prefect"))
     for key, value in QUIET_DEFAULTS.items():
         os.environ.setdefault(key, value)
-    from pipeline.local_server import CredentialsRefused, LocalServerError, ensure_server, healthy
+    from pipeline.server.local import CredentialsRefused, LocalServerError, ensure_server, healthy
 
     url = os.environ.get("PREFECT_API_URL")
     if url:
@@ -158,7 +158,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     local = args.project if args.command == "run" else getattr(args, "repo", ".")
     project = Path(local if "://" not in local else ".").resolve()
     if args.command == "server-stop":
-        from pipeline.local_server import stop_server
+        from pipeline.server.local import stop_server
 
         stopped = stop_server(Path(os.environ.get("PREFECT_HOME", project / ".prefect")))
         say(f"stopped the local Prefect server at {stopped}" if stopped else "no local Prefect server was running")

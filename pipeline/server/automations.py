@@ -1,6 +1,6 @@
 """Install the automations listed under `automations:` in prefect.yaml, idempotently.
 
-    python -m pipeline.automations [--file prefect.yaml]
+    python -m pipeline.server.automations [--file prefect.yaml]
 
 `make deploy` runs it after `prefect deploy`, against the server at PREFECT_API_URL. Each
 automation is matched by name: created when the server has none of that name, otherwise the
@@ -51,7 +51,7 @@ def apply(automations: list) -> list[tuple[str, str]]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m pipeline.automations", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m pipeline.server.automations", description=__doc__.splitlines()[0])
     parser.add_argument("--file", type=Path, default=Path("prefect.yaml"), help="the prefect.yaml to read")
     args = parser.parse_args(argv)
     for name, outcome in apply(load_automations(args.file)):
