@@ -1,5 +1,6 @@
 """Every relative link in README.md and docs/*.md names a file that exists, and every #anchor a
-heading that exists (GitHub's rule for heading ids); the README links every docs page."""
+heading that exists (GitHub's rule for heading ids); the README links every docs page; and the
+files, tests and `python -m` modules the pages name exist."""
 
 import re
 from pathlib import Path
@@ -67,6 +68,30 @@ def test_the_readme_links_every_docs_page():
     }
     orphans = [str(p.relative_to(ROOT)) for p in PAGES[1:] if p.resolve() not in linked]
     assert not orphans, f"docs pages the README does not link: {orphans}"
+
+
+CODE_PATH = re.compile(r"`((?:src|pipeline|tests|benchmarks|classifier|\.github)/[\w/.-]+\.(?:py|ya?ml))(?:::(\w+))?`")
+MODULE = re.compile(r"python -m ((?:classifier|pipeline)(?:\.\w+)*)")
+
+
+def module_exists(name: str) -> bool:
+    base = ROOT / ("src" if name.startswith("classifier") else "") / name.replace(".", "/")
+    return base.with_suffix(".py").exists() or any((base / f).exists() for f in ("__init__.py", "__main__.py"))
+
+
+@pytest.mark.parametrize("page", PAGES, ids=lambda p: str(p.relative_to(ROOT)))
+def test_the_code_the_pages_name_exists(page):
+    """A file, test or `python -m` module the docs name moves with the code, or this fails."""
+    text = page.read_text(encoding="utf-8")
+    missing = []
+    for path, test in CODE_PATH.findall(text):
+        file = ROOT / ("src/" + path if path.startswith("classifier/") else path)
+        if not file.exists():
+            missing.append(f"{path}: no such file")
+        elif test and not re.search(rf"^\s*(?:async )?def {test}\(", file.read_text(encoding="utf-8"), re.M):
+            missing.append(f"{path}::{test}: no such test")
+    missing += [f"python -m {m}: no such module" for m in MODULE.findall(text) if not module_exists(m)]
+    assert not missing, f"{page.relative_to(ROOT)} names code that is not there:\n" + "\n".join(missing)
 
 
 def test_anchor_ids_follow_githubs_rule(tmp_path):
