@@ -27,16 +27,8 @@ from pathlib import Path
 
 from classifier.compare import GateDecision, Results, gate, read_predictions
 from classifier.files import file_digest
-from pipeline.report_gather import (
-    PARAMS_PATH,
-    ReportError,
-    Snapshot,
-    compare_policy,
-    git_reader,
-    read_snapshot,
-    workspace_reader,
-)
-from pipeline.project import MODEL_CARD_PATH, MODEL_PATH, PREPARED_PATH, lookup
+from pipeline.project import MODEL_CARD_PATH, MODEL_PATH, PARAMS_PATH, PREPARED_PATH, lookup
+from pipeline.results import ResultsError, Snapshot, compare_policy, git_reader, read_snapshot, workspace_reader
 from pipeline.run.stages import lock_md5, stage_env
 
 # Written by a promotion, beside the metrics it judged: {"test_fingerprint", "best_accuracy"}.
@@ -50,7 +42,7 @@ class GateError(Exception):
 def snapshot_of(read, where: str) -> Snapshot:
     try:
         return read_snapshot(read, where)
-    except (ReportError, ValueError) as error:  # an unreadable table or file, named by read_snapshot
+    except (ResultsError, ValueError) as error:  # an unreadable table or file, named by read_snapshot
         raise GateError(str(error)) from None
 
 

@@ -9,9 +9,9 @@ import pytest
 from markdown_it import MarkdownIt
 
 from classifier.compare import NOT_COMPARABLE, cannot_judge
-from pipeline.report_gather import ModelHash, ParamChange, StageChange
-from pipeline.report_markdown import code, text
-from pipeline.report_render import ClassMove, Report, render_markdown
+from pipeline.report.changes import ModelHash, ParamChange, StageChange
+from pipeline.report.escape import code, text
+from pipeline.report.render import ClassMove, Report, render_markdown
 
 HOSTILE = [
     "<img src=x onerror=alert(1)>",

@@ -1,132 +1,30 @@
-"""The pull-request report's readers: one revision's committed results from git or the workspace,
-and what git and DVC say about the change (params diff, stages, model hash, plots page).
+"""What git and DVC say a pull request changed: the params diff, which stages reran and why, the
+model's hash at each side, the `dvc plots diff` page; and the git questions the report asks
+(the repository's root, a revision's commit, what is uncommitted).
 
-Everything that runs `git` or `dvc` lives here; judging is classifier.compare, and the markdown
-is pipeline.report_render.
+Everything of the report that runs `git` or `dvc` lives here; a revision's results are read by
+pipeline.results, judging is classifier.compare, and the markdown is pipeline.report.render.
 """
 
 from __future__ import annotations
 
-import csv
-import io
 import json
 import subprocess
 import sys
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-import pandas as pd
-import yaml
-
 from classifier.cli import UserError
-from classifier.compare import PredictionsError, Results, read_predictions
 from classifier.files import file_digest
-from classifier.params import CompareParams
-from pipeline.report_markdown import code
+from pipeline.project import MODEL_PATH, PARAMS_PATH, flatten
+from pipeline.report.escape import code
+from pipeline.results import git
 from pipeline.run.stages import PipelineError, lock_md5, stage_env, stage_names
-
-from pipeline.project import (  # the files read at both revisions
-    EVALUATION_PATH,
-    HISTORY_PATH,
-    LOCK_PATH,
-    METRICS_PATH,
-    MODEL_PATH,
-    PARAMS_PATH,
-    PER_CLASS_PATH,
-    PREDICTIONS_PATH,
-    flatten,
-)
 
 
 class ReportError(UserError):
     """A report that cannot be made; the message says what to do."""
-
-
-# ---------------------------------------------------------------- what each revision holds
-
-
-@dataclass(frozen=True)
-class Snapshot:
-    """The pipeline's results at one revision; a field is None when that revision lacks the file."""
-
-    metrics: dict | None
-    evaluation: dict | None
-    predictions: pd.DataFrame | None
-    history: list[dict[str, float]] | None
-    per_class: list[dict[str, str]] | None
-    lock: dict | None
-    params: dict | None
-
-    @property
-    def results(self) -> Results | None:
-        """The per-example results with their test set's fingerprint; None unless both files are there."""
-        if self.predictions is None or self.evaluation is None:
-            return None
-        return Results(str(self.evaluation.get("test_fingerprint")), self.predictions)
-
-
-def _parse(where: str, path: str, text: str | None, parser: Callable[[str], object]):
-    if text is None:
-        return None
-    try:
-        return parser(text)
-    except (ValueError, KeyError, TypeError) as error:
-        raise ReportError(f"{path} {where}: cannot be read ({error})") from None
-
-
-def _history_rows(text: str) -> list[dict[str, float]]:
-    return [{key: float(value) for key, value in row.items()} for row in csv.DictReader(io.StringIO(text))]
-
-
-def _mapping(text: str) -> dict:
-    try:
-        loaded = yaml.safe_load(text)
-    except yaml.YAMLError as error:
-        raise ValueError(f"not valid YAML: {error}") from None
-    if not isinstance(loaded, dict):
-        raise ValueError("not a mapping")
-    return loaded
-
-
-def _evaluation(text: str) -> dict:
-    evaluation = json.loads(text)
-    if not isinstance(evaluation, dict) or not str(evaluation.get("test_fingerprint", "")).startswith("sha256:"):
-        raise ValueError("no test_fingerprint")
-    return evaluation
-
-
-def read_snapshot(read: Callable[[str], str | None], where: str) -> Snapshot:
-    """`read(path)` gives a file's text at the revision, or None when it has no such file; `where`
-    ("in the workspace", "at main (1a2b3c4d5e)") names the revision in errors."""
-    def predictions(text: str) -> pd.DataFrame:
-        try:
-            return read_predictions(text, f"{PREDICTIONS_PATH} {where}")
-        except PredictionsError as error:
-            raise ReportError(str(error)) from None
-
-    return Snapshot(
-        metrics=_parse(where, METRICS_PATH, read(METRICS_PATH), json.loads),
-        evaluation=_parse(where, EVALUATION_PATH, read(EVALUATION_PATH), _evaluation),
-        predictions=predictions(text) if (text := read(PREDICTIONS_PATH)) is not None else None,
-        history=_parse(where, HISTORY_PATH, read(HISTORY_PATH), _history_rows),
-        per_class=_parse(where, PER_CLASS_PATH, read(PER_CLASS_PATH),
-                         lambda text: list(csv.DictReader(io.StringIO(text)))),
-        lock=_parse(where, LOCK_PATH, read(LOCK_PATH), _mapping),
-        params=_parse(where, PARAMS_PATH, read(PARAMS_PATH), _mapping),
-    )
-
-
-def compare_policy(params: Mapping | None, where: str) -> tuple[CompareParams | None, str | None]:
-    """The `compare` section of one revision's params.yaml, or why there is none to judge by."""
-    section = (params or {}).get("compare")
-    if section is None:
-        return None, f"`{PARAMS_PATH}` {where} has no `compare` section to judge by"
-    try:
-        return CompareParams.model_validate(section), None
-    except ValueError as error:
-        first = str(error).splitlines()
-        return None, f"`{PARAMS_PATH}` {where} has an invalid `compare` section ({'; '.join(first[1:3])})"
 
 
 # ---------------------------------------------------------------- what changed (pure)
@@ -223,10 +121,6 @@ def model_hash(lock: Mapping | None, cache_dir: Path | None, workspace_file: Pat
 # ---------------------------------------------------------------- git and dvc (I/O)
 
 
-def _git(repo: Path, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(["git", *args], cwd=repo, capture_output=True, text=True, env=stage_env())
-
-
 def _dvc(repo: Path, *args: str) -> subprocess.CompletedProcess:
     # The dvc of this interpreter: the one installed beside the project, whatever PATH says.
     return subprocess.run([sys.executable, "-m", "dvc", *args], cwd=repo, capture_output=True, text=True,
@@ -239,20 +133,20 @@ def _last_line(result: subprocess.CompletedProcess) -> str:
 
 
 def repo_root(directory: Path) -> Path:
-    result = _git(directory, "rev-parse", "--show-toplevel")
+    result = git(directory, "rev-parse", "--show-toplevel")
     if result.returncode != 0:
         raise ReportError(f"{directory.resolve()} is not inside a git repository; run the report from the project's clone")
     return Path(result.stdout.strip())
 
 
 def resolve(repo: Path, revision: str) -> str | None:
-    result = _git(repo, "rev-parse", "--verify", "--quiet", f"{revision}^{{commit}}")
+    result = git(repo, "rev-parse", "--verify", "--quiet", f"{revision}^{{commit}}")
     return result.stdout.strip() if result.returncode == 0 else None
 
 
 def missing_base_note(repo: Path, base_name: str) -> str:
     branch = base_name.removeprefix("origin/")
-    if _git(repo, "rev-parse", "--is-shallow-repository").stdout.strip() == "true":
+    if git(repo, "rev-parse", "--is-shallow-repository").stdout.strip() == "true":
         return (f"The base revision `{base_name}` is not in this clone: it is a shallow clone. Fetch the history with "
                 f"`git fetch --unshallow` (or only the base with `git fetch origin {branch}`) and rerun; in GitHub "
                 "Actions, check out with `fetch-depth: 0`. Only the head's numbers are shown.")
@@ -260,24 +154,8 @@ def missing_base_note(repo: Path, base_name: str) -> str:
             f"`git fetch origin {branch}`, and rerun. Only the head's numbers are shown.")
 
 
-def git_reader(repo: Path, sha: str) -> Callable[[str], str | None]:
-    def read(path: str) -> str | None:
-        result = _git(repo, "show", f"{sha}:{path}")
-        return result.stdout if result.returncode == 0 else None
-    return read
-
-
-def workspace_reader(repo: Path) -> Callable[[str], str | None]:
-    def read(path: str) -> str | None:
-        try:
-            return (repo / path).read_text(encoding="utf-8")
-        except FileNotFoundError:
-            return None
-    return read
-
-
 def uncommitted(repo: Path, paths: Sequence[str]) -> list[str]:
-    result = _git(repo, "status", "--porcelain", "--", *paths)
+    result = git(repo, "status", "--porcelain", "--", *paths)
     return sorted(line[3:] for line in result.stdout.splitlines() if line.strip())
 
 

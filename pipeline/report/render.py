@@ -10,8 +10,9 @@ from classifier.compare import (
     COULD_NOT_JUDGE, HIGHER_IS_BETTER, IMPROVED, NEW, NO_CHANGE, NOT_COMPARABLE, REGRESSED, Judgement,
 )
 from classifier.params import CompareParams
-from pipeline.report_gather import MODEL_PATH, PARAMS_PATH, ModelHash, ParamChange, StageChange
-from pipeline.report_markdown import code, text
+from pipeline.project import MODEL_PATH, PARAMS_PATH
+from pipeline.report.changes import ModelHash, ParamChange, StageChange
+from pipeline.report.escape import code, text
 
 DECIMALS = 4
 # Said once under the verdict, so a reviewer who never met McNemar can read the table.

@@ -1,45 +1,33 @@
-"""Pull-request report: what a change did to the model, a base revision against the workspace.
+"""The pull-request report's content: both revisions gathered, judged and drawn into a `Report`.
 
-    python -m pipeline.report --base main [--out report] [--fail-on-regression]
-
-Writes OUT/report.md (images inline), OUT/comment.md (the same text for a pull-request
-comment, images pointed at the workflow artifact), the PNG images beside them and
-OUT/plots/index.html (`dvc plots diff`). The base is read from git (`git show`: metrics,
-per-example results and params are git-tracked), the head is the workspace. Gathering is
-pipeline.report_gather, judging classifier.compare (under the BASE's `compare` policy), the
-markdown pipeline.report_render.
-
-Exit status: 0 report written; with --fail-on-regression, 1 when the verdict is *regressed*
-and 2 when nothing could be judged (*not comparable*: different test sets; *could not judge*:
-the base is not in the clone, or its results or policy cannot be read). 2 also for a problem to
-fix first (no results in the workspace, not a git repo).
+The base is read from git (pipeline.results: metrics, per-example results and params are
+git-tracked), the head is the workspace. Judging is classifier.compare, under the BASE's
+`compare` policy; what git and DVC say changed is pipeline.report.changes; the images are
+pipeline.report.plots and, for the pictures of flipped test images, classifier.flips in a
+subprocess (torch stays out of pipeline/). The markdown is pipeline.report.render.
 """
 
 from __future__ import annotations
 
-import argparse
-import logging
 import subprocess
 import sys
 import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from classifier.cli import run
 import pandas as pd
 
-from classifier.compare import NOT_COMPARABLE, cannot_judge, exit_status, judge, pairing_problem
-from classifier.files import atomic_write_text
-from pipeline import report_plots
-from pipeline.project import PREPARED_PATH
-from pipeline.report_gather import (
-    EVALUATION_PATH, LOCK_PATH, METRICS_PATH, MODEL_PATH, PARAMS_PATH, PREDICTIONS_PATH, ReportError, Snapshot,
-    compare_policy, dvc_cache_dir, dvc_params_diff, dvc_plots, git_reader, missing_base_note, model_hash, read_snapshot,
-    repo_root, resolve, section_changes, stage_changes, stage_order, uncommitted, workspace_reader,
+from classifier.compare import NOT_COMPARABLE, cannot_judge, judge, pairing_problem
+from pipeline.project import (
+    EVALUATION_PATH, LOCK_PATH, METRICS_PATH, MODEL_PATH, PARAMS_PATH, PREDICTIONS_PATH, PREPARED_PATH,
 )
-from pipeline.report_render import ClassMove, Figure, Report, render_markdown
-
-log = logging.getLogger("report")
+from pipeline.report import plots
+from pipeline.report.changes import (
+    ReportError, dvc_cache_dir, dvc_params_diff, dvc_plots, missing_base_note, model_hash, resolve, section_changes,
+    stage_changes, stage_order, uncommitted,
+)
+from pipeline.report.render import ClassMove, Figure, Report
+from pipeline.results import ResultsError, Snapshot, compare_policy, git_reader, read_snapshot, workspace_reader
 
 TOP_CLASSES = 5
 # The picture of flipped test images shows at most this many of each kind.
@@ -85,14 +73,14 @@ def draw_figures(base: Snapshot | None, head: Snapshot, classes: Sequence[str], 
     figures = []
     base_history = base.history if base else None
     if head.history:
-        for file, title, y_label, columns in report_plots.CURVES:
-            report_plots.curves_figure(out_dir / file, title, y_label, columns, head.history, base_history)
+        for file, title, y_label, columns in plots.CURVES:
+            plots.curves_figure(out_dir / file, title, y_label, columns, head.history, base_history)
             figures.append(Figure(file, title + (", base dashed, head solid" if base_history else ", head")))
     for label, snapshot in (("head", head), ("base", base)):
         if snapshot is not None and snapshot.predictions is not None:
             file = f"confusion_{label}.png"
             pairs = list(zip(snapshot.predictions["actual"], snapshot.predictions["predicted"]))
-            report_plots.confusion_figure(out_dir / file, f"Confusion matrix, {label}", pairs, class_order(pairs, classes))
+            plots.confusion_figure(out_dir / file, f"Confusion matrix, {label}", pairs, class_order(pairs, classes))
             figures.append(Figure(file, f"Confusion matrix, {label}"))
     paired = (base is not None and base.results is not None and head.results is not None
               and base.results.fingerprint == head.results.fingerprint
@@ -102,7 +90,7 @@ def draw_figures(base: Snapshot | None, head: Snapshot, classes: Sequence[str], 
     base_pairs = list(zip(base.predictions["actual"], base.predictions["predicted"]))
     head_pairs = list(zip(head.predictions["actual"], head.predictions["predicted"]))
     title = "Confusion change, head - base"
-    report_plots.change_figure(out_dir / "confusion_change.png", title, base_pairs, head_pairs,
+    plots.change_figure(out_dir / "confusion_change.png", title, base_pairs, head_pairs,
                                class_order(base_pairs + head_pairs, classes))
     figures.append(Figure("confusion_change.png", title + " (diagonal: more is better; elsewhere: more is worse)"))
     for kind, rows in flipped(base.predictions, head.predictions).items():
@@ -152,7 +140,7 @@ def build_report(repo: Path, base_name: str, out_dir: Path) -> Report:
     else:
         try:
             base = read_snapshot(git_reader(repo, base_sha), base_where)
-        except ReportError as error:
+        except ResultsError as error:
             notes.append(f"The base's results cannot be read, so nothing was judged: {error}")
     judgement, policy = judge_snapshots(base, head, base_where, notes)
     head_changes = uncommitted(repo, [PARAMS_PATH, LOCK_PATH, "metrics"])
@@ -187,48 +175,3 @@ def build_report(repo: Path, base_name: str, out_dir: Path) -> Report:
     report.figures = draw_figures(base, head, head.evaluation.get("classes", []), out_dir, repo, notes)
     report.plots_html, report.plots_problem = dvc_plots(repo, base_sha, out_dir)
     return report
-
-
-def generate(argv: Sequence[str] | None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m pipeline.report", description=__doc__.splitlines()[0])
-    parser.add_argument("--base", default="main", help="git revision to compare the workspace with (default: %(default)s)")
-    parser.add_argument("--out", type=Path, default=Path("report"), help="folder to write into (default: %(default)s)")
-    parser.add_argument("--fail-on-regression", action="store_true",
-                        help="exit 1 on a regression, 2 when base and head could not be compared")
-    parser.add_argument("--artifacts-url", help="where comment.md says the images are (the CI run's artifacts page)")
-    args = parser.parse_args(argv)
-
-    repo = repo_root(Path.cwd())
-    out_dir = args.out if args.out.is_absolute() else Path.cwd() / args.out
-    report = build_report(repo, args.base, out_dir)
-    atomic_write_text(out_dir / "report.md", render_markdown(report))
-    atomic_write_text(out_dir / "comment.md", render_markdown(report, inline_images=False, artifacts_url=args.artifacts_url))
-    log.info("wrote %s (%d images)", out_dir / "report.md", len(report.figures))
-    verdict = report.judgement.verdict
-    log.info("verdict against %s: %s (%s)", args.base, verdict, report.judgement.reason)
-
-    status = exit_status(verdict)
-    if not args.fail_on_regression or status == 0:
-        return 0
-    if status == 1:
-        names = ", ".join(f"{metric.name} {metric.delta:+.4f}" for metric in report.judgement.metrics
-                          if metric.verdict == verdict)
-        print(f"regressed against {args.base}: {names}", file=sys.stderr)
-    else:
-        print(f"{verdict} against {args.base}: {report.judgement.reason}; no regression could be judged", file=sys.stderr)
-    return status
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    status = 0
-
-    def work(arguments: Sequence[str] | None) -> None:
-        nonlocal status
-        status = generate(arguments)
-
-    # run() turns a UserError into one line and exit status 2; otherwise the report's own status.
-    return run(work, argv) or status
-
-
-if __name__ == "__main__":
-    sys.exit(main())
