@@ -193,7 +193,7 @@ def run_command(args: argparse.Namespace, project: Path) -> int:
         summary = train_pipeline(project_dir=str(project), device=args.device, target=args.target)
         print("\n".join(produced(summary, project)))
         return 0
-    from pipeline.retrain import RetrainError, retrain
+    from pipeline.retrain.flow import RetrainError, retrain
 
     try:
         result = retrain(repo=args.repo, base=args.base, device=args.device)

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.retrain import remove_stale_workspaces
+from pipeline.retrain.workspace import remove_stale_workspaces
 from tests.conftest import commit_all, dvc, git, subprocess_env, write_params
 from tests.pipeline.prefect_server import (api_call, command_line, descendants, final_state, heartbeats,
                                            make_deploy, run_deployment, start_worker, state_history, stop, wait_for)
@@ -31,7 +31,7 @@ RETRIED_WITHIN_S = 300
 HOLD_A_WORKSPACE = """
 import sys, time
 from pathlib import Path
-from pipeline.retrain import open_workspace
+from pipeline.retrain.workspace import open_workspace
 workspace, _ = open_workspace(sys.argv[1], "main", Path(sys.argv[2]))
 print(workspace, flush=True)
 time.sleep(600)

@@ -7,7 +7,7 @@ import json
 import pytest
 
 from classifier.files import file_digest
-from pipeline.retrain import NO_CHANGE, SAME_MODEL, RetrainError, retrain
+from pipeline.retrain.flow import NO_CHANGE, SAME_MODEL, RetrainError, retrain
 from pipeline.run.stages import RAN, RESTORED
 from tests.conftest import commit_all, dvc, git, write_params
 

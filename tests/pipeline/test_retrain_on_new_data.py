@@ -15,7 +15,7 @@ import pytest
 from PIL import Image
 
 from classifier.export_folder import export
-from pipeline.retrain import RetrainError, retrain
+from pipeline.retrain.flow import RetrainError, retrain
 from tests.conftest import commit_all, dvc, git, run, write_params
 from tests.pipeline.prefect_server import MAKE, api_call, final_state, make_deploy, start_worker, stop, wait_for
 

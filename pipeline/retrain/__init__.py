@@ -1,0 +1,10 @@
+"""Retraining: the pipeline rerun on a branch in a workspace of its own, promoted only past the gate.
+
+- `workspace`: the retrain's own checkout (a git worktree, or a clone of a URL), its lock, the
+  DVC cache shared or pulled into it, and the removal of what dead runs left behind.
+- `gate`: the gate's inputs (the champion's committed results and policy, read through
+  pipeline.results; the champion re-scored when the data changed) and its record.
+- `flow`: `retrain`, the Prefect flow (prefect.yaml's retrain deployments, `python -m pipeline retrain`).
+
+Imports pipeline.results, pipeline.run, pipeline.device and pipeline.project; never torch.
+"""
