@@ -1,1 +1,20 @@
-"""Prefect flows and reports that operate the DVC pipeline. Never imports torch."""
+"""The orchestration around the ML library (`classifier`): Prefect flows that run DVC, retraining,
+sweeps, the pull-request report and the local server. Never imports torch.
+
+Rooms, lowest first; a room imports only from the rooms above it in this list, and report/,
+retrain/ and sweep.py not from one another:
+
+    project.py   the files the orchestration reads, named once; flatten / lookup
+    device.py    the one device knob, params.yaml's train.device
+    server/      the project's local Prefect server; the automations `make deploy` installs
+    run/         one run of the pipeline: the DVC runner (stages, dvc_run) and the train-pipeline flow
+    results.py   one revision's committed results (git) or the workspace's: metrics, predictions,
+                 test-split fingerprint, dvc.lock, params and its `compare` policy
+    report/      the pull-request report (`python -m pipeline.report`)
+    retrain/     retraining: its workspace, its gate, its flow
+    sweep.py     sweeps across workers (`python -m pipeline.sweep`)
+    __main__.py  `python -m pipeline run | retrain | server-stop`
+
+tests/unit/test_pipeline_layers.py checks the order. Sub-packages' `__init__` modules import
+nothing, so importing one module of a room never pulls in the rest (nor Prefect).
+"""

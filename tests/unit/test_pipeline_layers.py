@@ -1,0 +1,81 @@
+"""pipeline/'s rooms import one way (pipeline/__init__.py lists them, lowest first), and no room's
+modules import one another in a cycle. Read from the source, so nothing is imported or run."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+from tests.conftest import PROJECT_ROOT
+
+PIPELINE = PROJECT_ROOT / "pipeline"
+# Lowest first: a room may import only from rooms before it here.
+ROOMS = ["project", "device", "server", "run", "results", "report", "retrain", "sweep", "__main__"]
+# Side by side, not stacked: none of these imports another.
+SIBLINGS = {"report", "retrain", "sweep"}
+
+
+def module_name(path: Path) -> str:
+    parts = path.relative_to(PROJECT_ROOT).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def room(module: str) -> str:
+    return module.split(".")[1]
+
+
+def pipeline_imports(path: Path) -> set[str]:
+    """The pipeline modules `path` imports, at module level or inside a function."""
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            found.add(node.module)
+            # `from pipeline.report import plots` imports the module pipeline.report.plots.
+            found.update(f"{node.module}.{alias.name}" for alias in node.names
+                         if (PIPELINE.parent / node.module.replace(".", "/") / f"{alias.name}.py").is_file())
+    return {name for name in found if name.startswith("pipeline.")}
+
+
+def modules() -> dict[str, set[str]]:
+    return {module_name(path): pipeline_imports(path) for path in sorted(PIPELINE.rglob("*.py"))}
+
+
+def test_every_module_is_in_a_listed_room():
+    assert {room(module) for module in modules() if module != "pipeline"} <= set(ROOMS)
+
+
+def test_rooms_import_only_the_rooms_below_them():
+    wrong = []
+    for module, imported in modules().items():
+        if module == "pipeline":
+            continue
+        for name in imported:
+            here, there = room(module), room(name)
+            if here == there:
+                continue
+            if ROOMS.index(there) > ROOMS.index(here) or {here, there} <= SIBLINGS:
+                wrong.append(f"{module} imports {name}")
+    assert not wrong, "\n".join(wrong)
+
+
+def test_no_import_cycles_inside_a_room():
+    every = modules()
+    graph = {module: {name for name in imported if name in every and room(name) == room(module)}
+             for module, imported in every.items() if module != "pipeline"}
+    # Sub-packages' __init__ modules are the room's name; a module importing its own package is no cycle.
+    graph = {module: {name for name in names if not module.startswith(name + ".")} for module, names in graph.items()}
+    state: dict[str, str] = {}
+
+    def visit(module: str, trail: list[str]) -> None:
+        if state.get(module) == "done":
+            return
+        assert state.get(module) != "open", "import cycle: " + " -> ".join([*trail, module])
+        state[module] = "open"
+        for name in sorted(graph.get(module, ())):
+            visit(name, [*trail, module])
+        state[module] = "done"
+
+    for module in sorted(graph):
+        visit(module, [])
