@@ -20,6 +20,7 @@ API
 - `gate(champion, challenger, policy, best_accuracy) -> GateDecision`: the retrain gate on two
   tables of the same test split; `.promote`, `.reason`, `.best_accuracy` (the record to keep
   after this decision) and the numbers.
+- Both carry `.resolution`: per metric, the smallest margin this test split can resolve (below).
 
 The statistics
 
@@ -43,6 +44,16 @@ one-sided (1 - alpha) lower bound of its gain (head - base; base - head for loss
 the champion's accuracy stands in).
 (1) alone lets each step lose a little less than min_effect, and five steps lose five times that;
 (2) bounds the whole chain: no promoted model is ever more than min_effect below the best one.
+
+Resolution: what the test split can tell apart
+
+The paired bootstrap's standard error `se` of a metric's delta is set by how many test examples
+the two models disagree on. An equally good challenger's observed gain is centred on 0 with
+that spread, and it passes non-inferiority when gain - z(1 - alpha) se > -margin; it does so with
+probability POWER (95%) only when margin >= (z(1 - alpha) + z(POWER)) se, the metric's
+*resolution*. A min_effect below it is decided by chance: each comparison states the resolution
+and how many test examples the configured min_effect would need (se shrinks as 1 / sqrt(n)),
+and `Resolution.resolved` is False when min_effect is below it.
 """
 
 from __future__ import annotations
@@ -71,6 +82,8 @@ BOOTSTRAP_SEED = 20_261_110
 BOOTSTRAP_CELLS = 4_000_000
 # Deltas are differences of rounded numbers; this absorbs float noise at the min_effect boundary.
 EPSILON = 1e-12
+# The resolution: the margin an equally good challenger clears this often.
+POWER = 0.95
 
 
 class PredictionsError(ValueError):
@@ -108,12 +121,44 @@ class Discordance:
 
 
 @dataclass(frozen=True)
+class Interval:
+    """A paired bootstrap interval of a metric's delta (head - base), and its standard error."""
+
+    low: float
+    high: float
+    standard_error: float
+
+
+@dataclass(frozen=True)
+class Resolution:
+    """The smallest margin of one metric that a comparison on this test split resolves (module docstring)."""
+
+    name: str
+    margin: float  # an equally good challenger clears -margin with probability POWER
+    min_effect: float  # the configured margin
+    examples: int  # the paired test examples
+    examples_needed: int  # about how many min_effect would need to reach the resolution
+
+    @property
+    def resolved(self) -> bool:
+        return self.min_effect >= self.margin - EPSILON
+
+    def describe(self) -> str:
+        text = f"{self.name} resolves {self.margin:.4f} on {self.examples:,} examples (min_effect {self.min_effect:g})"
+        if self.resolved:
+            return text
+        return (f"{text}: min_effect is below the resolution, so an equally good model can fail on chance; "
+                f"it would need about {self.examples_needed:,} test examples, or min_effect >= {self.margin:.4f}")
+
+
+@dataclass(frozen=True)
 class Judgement:
     verdict: str
     metrics: tuple[MetricVerdict, ...]
     reason: str
     paired: Discordance | None = None
     confidence: float | None = None  # of the intervals, 1 - alpha
+    resolution: tuple[Resolution, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -128,6 +173,7 @@ class GateDecision:
     floor: float  # the best accuracy (best_accuracy, or the champion's without one) - min_effect.accuracy
     best_accuracy: float  # the record after this decision
     checks: Mapping[str, bool] = field(default_factory=dict)
+    resolution: tuple[Resolution, ...] = ()
 
 
 # ---------------------------------------------------------------- tables
@@ -216,7 +262,7 @@ def discordance(base: pd.DataFrame, head: pd.DataFrame) -> Discordance:
     return Discordance(len(base), base_only, head_only, p_value)
 
 
-def paired_intervals(base: pd.DataFrame, head: pd.DataFrame, confidence: float, resamples: int) -> dict[str, tuple[float, float]]:
+def paired_intervals(base: pd.DataFrame, head: pd.DataFrame, confidence: float, resamples: int) -> dict[str, Interval]:
     """Percentile bootstrap intervals of head - base for each metric, resampling examples in pairs."""
     labels, (actual, base_predicted, head_predicted) = _codes(base, head)
     num_classes = len(labels)
@@ -239,7 +285,21 @@ def paired_intervals(base: pd.DataFrame, head: pd.DataFrame, confidence: float, 
         rng=np.random.default_rng(BOOTSTRAP_SEED),
     )
     low, high = result.confidence_interval
-    return {name: (float(low[i]), float(high[i])) for i, name in enumerate(METRICS)}
+    return {name: Interval(float(low[i]), float(high[i]), float(result.standard_error[i]))
+            for i, name in enumerate(METRICS)}
+
+
+def resolution(intervals: Mapping[str, Interval], examples: int, policy: CompareParams) -> tuple[Resolution, ...]:
+    """Per metric, the margin an equally good challenger clears with probability POWER, and the
+    test examples min_effect would need to be that margin (the standard error goes as 1 / sqrt(n))."""
+    z = stats.norm.ppf(1 - policy.alpha) + stats.norm.ppf(POWER)
+    min_effect = policy.min_effect.model_dump()
+    resolutions = []
+    for name in METRICS:
+        margin = z * intervals[name].standard_error
+        needed = int(np.ceil(examples * (margin / min_effect[name]) ** 2))
+        resolutions.append(Resolution(name, margin, min_effect[name], examples, needed))
+    return tuple(resolutions)
 
 
 def _gain(name: str, delta: float) -> float:
@@ -301,7 +361,7 @@ def judge(base: Results | None, head: Results, policy: CompareParams | None) -> 
     metrics = []
     for name in METRICS:
         delta = head_numbers[name] - base_numbers[name]
-        low, high = intervals[name]
+        low, high = intervals[name].low, intervals[name].high
         # Accuracy has an exact test as well: both must find the change.
         significant = paired.p_value < policy.alpha if name == "accuracy" else True
         metrics.append(MetricVerdict(name, base_numbers[name], head_numbers[name], delta, low, high, min_effect[name],
@@ -309,7 +369,8 @@ def judge(base: Results | None, head: Results, policy: CompareParams | None) -> 
     verdict = overall([metric.verdict for metric in metrics])
     reason = (f"{paired.n:,} paired test examples: {paired.base_only} right only at base, "
               f"{paired.head_only} right only at head (McNemar p = {paired.p_value:.3g})")
-    return Judgement(verdict, tuple(metrics), reason, paired, confidence)
+    return Judgement(verdict, tuple(metrics), reason, paired, confidence,
+                     resolution(intervals, paired.n, policy))
 
 
 def exit_status(verdict: str) -> int:
@@ -331,7 +392,7 @@ def gate(champion: pd.DataFrame, challenger: pd.DataFrame, policy: CompareParams
     # The ends of a two-sided (1 - 2 alpha) interval are one-sided (1 - alpha) bounds.
     intervals = paired_intervals(champion, challenger, 1 - 2 * policy.alpha, policy.resamples)
     min_effect = policy.min_effect.model_dump()
-    lower = {name: (low if HIGHER_IS_BETTER[name] else -high) for name, (low, high) in intervals.items()}
+    lower = {name: (bounds.low if HIGHER_IS_BETTER[name] else -bounds.high) for name, bounds in intervals.items()}
     checks = {f"{name} non-inferior": lower[name] > -min_effect[name] for name in METRICS}
     # Without a record yet the champion's accuracy is the best known; a promotion can only raise it.
     best = champion_numbers["accuracy"] if best_accuracy is None else best_accuracy
@@ -354,4 +415,5 @@ def gate(champion: pd.DataFrame, challenger: pd.DataFrame, policy: CompareParams
             details.append(f"accuracy {accuracy:.4f} is below the best {best:.4f} minus {min_effect['accuracy']:g}")
         reason = f"not promoted ({', '.join(failed)} failed): " + "; ".join(details)
     return GateDecision(promote, reason, champion_numbers, challenger_numbers, lower, discordance(champion, challenger),
-                        floor, max(best, accuracy) if promote else best, checks)
+                        floor, max(best, accuracy) if promote else best, checks,
+                        resolution(intervals, len(champion), policy))

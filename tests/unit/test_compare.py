@@ -15,7 +15,7 @@ from classifier.compare import (
     COULD_NOT_JUDGE, IMPROVED, NEW, NO_CHANGE, NOT_COMPARABLE, REGRESSED, PredictionsError, Results, cannot_judge,
     exit_status, gate, judge, point_metrics, read_predictions,
 )
-from classifier.params import CompareParams
+from classifier.params import CompareParams, load_params
 from tests.conftest import PROJECT_ROOT
 
 CLASSES = [str(digit) for digit in range(10)]
@@ -256,3 +256,81 @@ def test_compare_is_pure():
     imported |= {node.module.split(".")[0] for node in ast.walk(tree) if isinstance(node, ast.ImportFrom) and node.module}
     assert not imported & {"torch", "subprocess", "dvc", "git", "os", "pathlib"}, imported
     assert compare.BOOTSTRAP_SEED  # a fixed seed, so reports are reproducible
+
+
+# ---------------------------------------------------------------- resolution and the default policy
+# Synthetic pairs shaped like the default data (mnist-5k's 1,051 test images, accuracy about 0.955):
+# two equally good models disagree on 20-40 images, and those are the borderline ones, whose loss
+# is moderate on both sides; confident mistakes stay wrong, with their loss jittered.
+
+DEFAULT_TEST_IMAGES, DEFAULT_ACCURACY = 1051, 0.955
+
+
+def default_policy() -> CompareParams:
+    return load_params(PROJECT_ROOT / "params.yaml").compare
+
+
+def realistic_pair(rng: np.random.Generator, discordant: int, worse_by: float = 0.0) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """A champion and a challenger: `discordant` examples change sides (each way with probability 1/2),
+    and `worse_by` x n more go from right to wrong."""
+    n = DEFAULT_TEST_IMAGES
+    actual = np.arange(n) % 10
+    predicted = actual.copy()
+    wrong = rng.choice(n, round(n * (1 - DEFAULT_ACCURACY)), replace=False)
+    predicted[wrong] = (actual[wrong] + rng.integers(1, 10, len(wrong))) % 10
+    right = predicted == actual
+    loss = np.where(right, rng.exponential(0.015, n), rng.lognormal(np.log(4), 0.8, n))
+    # Mean-preserving jitter: an equally good model's loss on the same example, not a biased one.
+    head_loss = loss * np.where(right, rng.lognormal(-0.5, 1.0, n), rng.lognormal(-0.08, 0.4, n))
+    to_right = rng.binomial(discordant, 0.5)
+    to_wrong = discordant - to_right + round(worse_by * n)
+    flipped_wrong = rng.choice(np.flatnonzero(right), to_wrong, replace=False)
+    flipped_right = rng.choice(np.flatnonzero(~right), to_right, replace=False)
+    head_predicted = predicted.copy()
+    head_predicted[flipped_wrong] = (actual[flipped_wrong] + rng.integers(1, 10, to_wrong)) % 10
+    head_predicted[flipped_right] = actual[flipped_right]
+    for examples, was, becomes in ((flipped_wrong, 0.4, 1.2), (flipped_right, 1.2, 0.4)):
+        loss[examples] = rng.lognormal(np.log(was), 0.5, len(examples))
+        head_loss[examples] = rng.lognormal(np.log(becomes), 0.5, len(examples))
+    return table(actual, predicted, loss), table(actual, head_predicted, head_loss)
+
+
+def promotion_rate(discordant: int, worse_by: float, trials: int, rules: CompareParams) -> float:
+    rng = np.random.default_rng(discordant)
+    return np.mean([gate(*realistic_pair(rng, discordant, worse_by), rules, None).promote for _ in range(trials)])
+
+
+def test_the_default_policy_promotes_an_equally_good_challenger():
+    rules = default_policy()
+    assert promotion_rate(discordant=30, worse_by=0.0, trials=60, rules=rules) >= 0.9
+
+
+def test_the_default_policy_keeps_out_a_challenger_worse_by_twice_min_effect():
+    rules = default_policy()
+    assert promotion_rate(discordant=40, worse_by=2 * rules.min_effect.accuracy, trials=60, rules=rules) <= 0.1
+
+
+def test_a_margin_below_the_resolution_is_decided_by_chance():
+    # Why the defaults are what they are: at 0.005 an equally good challenger is mostly kept out.
+    assert promotion_rate(discordant=30, worse_by=0.0, trials=30, rules=policy()) < 0.6
+
+
+def test_resolution_follows_the_discordance_and_says_what_the_margin_needs():
+    champion, challenger = realistic_pair(np.random.default_rng(3), discordant=30)
+    decision = gate(champion, challenger, policy(accuracy=0.005), None)
+    accuracy = {item.name: item for item in decision.resolution}["accuracy"]
+    # Each discordant pair moves the accuracy delta by 1/n: its spread is sqrt(d) / n.
+    expected = (stats.norm.ppf(0.95) * 2) * np.sqrt(30) / DEFAULT_TEST_IMAGES
+    assert accuracy.margin == pytest.approx(expected, rel=0.25)
+    assert not accuracy.resolved and accuracy.examples == DEFAULT_TEST_IMAGES
+    assert accuracy.examples_needed == pytest.approx(DEFAULT_TEST_IMAGES * (accuracy.margin / 0.005) ** 2, rel=1e-3)
+    assert f"about {accuracy.examples_needed:,} test examples" in accuracy.describe()
+    wide = {item.name: item for item in gate(champion, challenger, policy(accuracy=0.05), None).resolution}["accuracy"]
+    assert wide.resolved and "below" not in wide.describe()
+
+
+def test_a_judgement_states_its_resolution():
+    base = base_table()
+    judgement = judge(results(base), results(with_flips(base, to_wrong=10, to_right=10)), policy())
+    assert [item.name for item in judgement.resolution] == list(compare.METRICS)
+    assert all(item.margin > 0 and item.examples == len(base) for item in judgement.resolution)
