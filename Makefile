@@ -6,6 +6,9 @@ INSTALLED := $(VENV)/.installed
 # The page `dvc plots` fills (.dvc/config plots.html_template): Vega inlined from the installed
 # vl-convert-python, so plot pages draw with no network. Generated, ignored by git (0.9 MB).
 PLOTS_TEMPLATE := .dvc/offline-plots.html
+# The environment every target needs: the venv and that page. Without the page every `dvc plots` command
+# fails ("HTML template has to contain '{plot_divs}'"), so it is made wherever the venv is.
+ENV := $(INSTALLED) $(PLOTS_TEMPLATE)
 
 # Stage commands call `python`: put the project's interpreter first on PATH.
 export PATH := $(abspath $(BIN)):$(PATH)
@@ -37,7 +40,7 @@ $(INSTALLED): pyproject.toml
 $(PLOTS_TEMPLATE): $(INSTALLED) src/classifier/plots_template.py
 	$(BIN)/python -m classifier.plots_template $@
 
-install: $(INSTALLED) $(PLOTS_TEMPLATE)  ## create .venv and install the project and its test tools
+install: $(ENV)  ## create .venv and install the project and its test tools
 
 # Prefect: its database and settings live in the project's .prefect/ (ignored by git and DVC);
 # no telemetry, which only fails and slows the server down offline.
@@ -48,22 +51,22 @@ export DO_NOT_TRACK ?= 1
 DEVICE ?=
 DEVICE_FLAG = $(if $(DEVICE),--device '$(DEVICE)')
 
-run: $(INSTALLED)  ## run the pipeline (dvc repro) as a Prefect flow; starts the project's Prefect server on first use
+run: $(ENV)  ## run the pipeline (dvc repro) as a Prefect flow; starts the project's Prefect server on first use
 	$(BIN)/python -m pipeline run $(DEVICE_FLAG)
 
-server-stop: $(INSTALLED)  ## stop the project's background Prefect server that `make run` started
+server-stop: $(ENV)  ## stop the project's background Prefect server that `make run` started
 	$(BIN)/python -m pipeline server-stop
 
-test: $(INSTALLED) $(PLOTS_TEMPLATE)  ## run the whole test suite, real dvc pipelines included
+test: $(ENV)  ## run the whole test suite, real dvc pipelines included
 	$(BIN)/python -m pytest
 
-test-fast: $(INSTALLED)  ## unit tests only (no dvc runs)
+test-fast: $(ENV)  ## unit tests only (no dvc runs)
 	$(BIN)/python -m pytest -m "not slow"
 
-metrics: $(INSTALLED)  ## show the committed metrics and their change against HEAD
+metrics: $(ENV)  ## show the committed metrics and their change against HEAD
 	$(BIN)/dvc metrics diff --all
 
-plots: $(INSTALLED) $(PLOTS_TEMPLATE)  ## render dvc plots to dvc_plots/index.html
+plots: $(ENV)  ## render dvc plots to dvc_plots/index.html
 	$(BIN)/dvc plots show
 
 # Pull-request report: the workspace against BASE, written to OUT (see docs/reports.md).
@@ -73,12 +76,12 @@ REPORT_FLAGS ?=
 
 .PHONY: report pr-report pr-comment
 
-report: $(INSTALLED) $(PLOTS_TEMPLATE)  ## report of the workspace against BASE (default main) in OUT/report.md (default report/)
+report: $(ENV)  ## report of the workspace against BASE (default main) in OUT/report.md (default report/)
 	$(BIN)/python -m pipeline.report --base '$(BASE)' --out '$(OUT)' $(REPORT_FLAGS)
 
 # What CI runs: pull the outputs when a DVC remote is set (a failed pull just means more to
 # recompute), reproduce, then report; exit 1 when a metric regressed beyond its tolerance.
-pr-report: $(INSTALLED) $(PLOTS_TEMPLATE)  ## pipeline (pull or repro) then report against BASE; fails on a regression
+pr-report: $(ENV)  ## pipeline (pull or repro) then report against BASE; fails on a regression
 	if $(BIN)/dvc remote default >/dev/null 2>&1; then $(BIN)/dvc pull --allow-missing || true; fi
 	$(BIN)/dvc repro
 	$(BIN)/python -m pipeline.report --base '$(BASE)' --out '$(OUT)' --fail-on-regression $(REPORT_FLAGS)
@@ -110,7 +113,7 @@ auth-string:  ## write a new random auth string to PREFECT_AUTH_FILE (mode 600);
 	@echo "make auth-string: wrote a new auth string to $(PREFECT_AUTH_FILE); copy it to each worker's checkout, then restart the server and the workers"
 
 # Beyond loopback the server answers only clients that hold its auth string; on loopback one is optional.
-server: $(INSTALLED)  ## start a Prefect server on PREFECT_HOST:PREFECT_PORT (default 127.0.0.1:4200); beyond loopback, with authentication
+server: $(ENV)  ## start a Prefect server on PREFECT_HOST:PREFECT_PORT (default 127.0.0.1:4200); beyond loopback, with authentication
 	@secret="$${PREFECT_SERVER_API_AUTH_STRING:-$$(cat '$(PREFECT_AUTH_FILE)' 2>/dev/null)}"; \
 	case '$(PREFECT_HOST)' in 127.*|localhost|::1) ;; *) if [ -z "$$secret" ]; then echo "make server: $(NO_AUTH_STRING)" >&2; exit 2; fi;; esac; \
 	if [ -n "$$secret" ]; then export PREFECT_SERVER_API_AUTH_STRING="$$secret"; echo "make server: authentication on (clients need PREFECT_API_AUTH_STRING or $(PREFECT_AUTH_FILE))"; \
@@ -130,11 +133,11 @@ worker: export PREFECT_FLOWS_HEARTBEAT_FREQUENCY ?= 30
 # second stops the worker. `exec`: the worker is make's own child, with no shell in between.
 DEFAULT_SIGINT := import os, signal, sys; signal.signal(signal.SIGINT, signal.SIG_DFL); os.execv(sys.argv[1], sys.argv[1:])
 
-worker: $(INSTALLED)  ## start a worker on work pool POOL=cpu|gpu (created if missing); stops on the first Ctrl-C
+worker: $(ENV)  ## start a worker on work pool POOL=cpu|gpu (created if missing); stops on the first Ctrl-C
 	$(BIN)/prefect work-pool inspect '$(POOL)' >/dev/null 2>&1 || $(BIN)/prefect work-pool create '$(POOL)' --type process
 	exec $(BIN)/python -c '$(DEFAULT_SIGINT)' $(BIN)/prefect worker start --pool '$(POOL)' $(if $(LIMIT),--limit '$(LIMIT)')
 
-deploy: $(INSTALLED)  ## register prefect.yaml's deployments and automations (idempotent) with the server
+deploy: $(ENV)  ## register prefect.yaml's deployments and automations (idempotent) with the server
 	for pool in cpu gpu; do $(BIN)/prefect work-pool inspect $$pool >/dev/null 2>&1 || $(BIN)/prefect work-pool create $$pool --type process; done
 	$(BIN)/prefect --no-prompt deploy --all
 	$(BIN)/python -m pipeline.server.automations --file prefect.yaml
@@ -150,21 +153,21 @@ sweep bench-sweep: export PREFECT_API_URL ?= http://$(PREFECT_HOST):$(PREFECT_PO
 
 .PHONY: remote sweep bench-sweep
 
-remote: $(INSTALLED)  ## set the default DVC remote: make remote URL=/mnt/dvc-store|s3://bucket/path|ssh://host/path
+remote: $(ENV)  ## set the default DVC remote: make remote URL=/mnt/dvc-store|s3://bucket/path|ssh://host/path
 	@if [ -z '$(URL)' ]; then echo "make remote: give the remote's URL: make remote URL=s3://bucket/path (or /mnt/dvc-store, ssh://host/path)" >&2; exit 2; fi
 	@if printf '%s' '$(URL)' | grep -Eq '^[A-Za-z][A-Za-z0-9+.-]*://[^/@]*:[^/@]*@'; then echo "make remote: refusing a URL with a password in it (.dvc/config is committed): give credentials through the environment or 'dvc remote modify --local $(REMOTE) ...'" >&2; exit 2; fi
 	$(BIN)/dvc remote add --default --force '$(REMOTE)' '$(URL)'
 	@echo "make remote: the default DVC remote is now '$(REMOTE)' = $(URL); share it: git add .dvc/config && git commit -m 'DVC remote' && git push, then dvc push"
 
-sweep: $(INSTALLED)  ## run a grid (GRID="-S 'key=a,b' -S ...", dvc exp run -S grammar) as one experiment per point on the pool's workers
+sweep: $(ENV)  ## run a grid (GRID="-S 'key=a,b' -S ...", dvc exp run -S grammar) as one experiment per point on the pool's workers
 	$(BIN)/python -m pipeline.sweep $(GRID) $(SWEEP_FLAGS)
 
 # New data (docs/own-images.md): prefect.yaml's retrain-cpu deployment has a trigger on this event.
 .PHONY: data-updated
-data-updated: $(INSTALLED)  ## announce new data to the server (event classifier.data.updated): retrain-cpu starts a retrain
+data-updated: $(ENV)  ## announce new data to the server (event classifier.data.updated): retrain-cpu starts a retrain
 	$(BIN)/prefect event emit classifier.data.updated --resource-id classifier.data
 
-retrain: $(INSTALLED)  ## retrain BASE (default main) now, in a workspace of its own; promotes only if as good
+retrain: $(ENV)  ## retrain BASE (default main) now, in a workspace of its own; promotes only if as good
 	$(BIN)/python -m pipeline retrain --base '$(BASE)' $(DEVICE_FLAG)
 
 # Benchmarks (docs/performance.md); not part of `make test`. BENCH_FLAGS=--quick for a smoke run.
@@ -172,15 +175,15 @@ BENCH_FLAGS ?=
 
 .PHONY: bench bench-gpu
 
-bench-sweep: $(INSTALLED)  ## a 4-point sweep on two loopback workers against one worker in turn; prints the wall-time ratio (~4 min)
+bench-sweep: $(ENV)  ## a 4-point sweep on two loopback workers against one worker in turn; prints the wall-time ratio (~4 min)
 	$(BIN)/python benchmarks/sweep_scaling.py $(BENCH_FLAGS)
 
-bench: $(INSTALLED)  ## training throughput vs the seed's loop and the matmul bound, then pipeline overhead, then prepare on 60,000 PNGs (~7 min)
+bench: $(ENV)  ## training throughput vs the seed's loop and the matmul bound, then pipeline overhead, then prepare on 60,000 PNGs (~7 min)
 	$(BIN)/python benchmarks/train_throughput.py $(BENCH_FLAGS)
 	$(BIN)/python benchmarks/pipeline_overhead.py $(BENCH_FLAGS)
 	$(BIN)/python benchmarks/prepare_folder.py $(BENCH_FLAGS)
 
-bench-gpu: $(INSTALLED)  ## training throughput on a CUDA GPU against its torch.mm peak (under 3 min; needs CUDA)
+bench-gpu: $(ENV)  ## training throughput on a CUDA GPU against its torch.mm peak (under 3 min; needs CUDA)
 	$(BIN)/python benchmarks/gpu_check.py $(BENCH_FLAGS)
 
 clean:  ## remove the virtual environment and caches (not data or models)
