@@ -42,6 +42,13 @@ class InMemorySplit(Dataset):
         return InMemorySplit(self.images.to(device), self.labels.to(device))
 
 
+def epoch_order(count: int, generator: torch.Generator) -> torch.Tensor:
+    """An epoch's shuffled order, on the host: the permutation RandomSampler draws from the same
+    generator, so training reads batches in the order `batches` gives. Drawn on the CPU whatever
+    the device, so a seed means one order everywhere; the trainer moves it to the device once."""
+    return torch.randperm(count, generator=generator)
+
+
 def batches(split: InMemorySplit, batch_size: int, generator: torch.Generator | None = None) -> DataLoader:
     """Shuffled batches when `generator` is given (its seed fixes the order), else in order."""
     order = RandomSampler(split, generator=generator) if generator is not None else SequentialSampler(split)

@@ -33,7 +33,8 @@ from classifier.cli import run, stage_parser
 from classifier.data import Normalization, load_prepared
 from classifier.files import atomic_write_json, atomic_write_text
 from classifier.images import pixel_hashes
-from classifier.model import NeuralNetwork, logits_for
+from classifier.data import InMemorySplit
+from classifier.model import NeuralNetwork, logits_for, resolve_device, to_device, to_host
 from classifier.serialization import load_file
 
 log = logging.getLogger("evaluate")
@@ -76,6 +77,12 @@ def score(logits: torch.Tensor, labels: torch.Tensor, num_classes: int) -> tuple
         "macro_f1": round(sum(row["f1"] for row in per_class) / num_classes, DECIMALS),
     }
     return summary, per_class, predictions, losses
+
+
+def test_logits(model: NeuralNetwork, test: InMemorySplit, normalization: Normalization, device: torch.device) -> torch.Tensor:
+    """The split's logits, computed on `device` and brought back to the host, where the tables are made."""
+    logits = logits_for(to_device(model, device), to_device(test.images, device), normalization, device)
+    return to_host(logits)
 
 
 def split_fingerprint(images: np.ndarray, labels: np.ndarray) -> str:
@@ -126,7 +133,10 @@ def main(argv: Sequence[str] | None = None) -> None:
         ("per_class_path", "per-class precision/recall/F1 CSV to write"),
     ]:
         parser.add_argument(name, type=Path, help=help_text)
+    parser.add_argument("--device", default="cpu", choices=("auto", "cpu", "cuda", "mps"),
+                        help="where the logits are computed (default: %(default)s; the tables are made on the CPU)")
     args = parser.parse_args(argv)
+    device = resolve_device(args.device, setting="evaluate --device")
 
     info = json.loads(args.candidate_info_path.read_text())
     model = NeuralNetwork(**info["architecture"])
@@ -136,7 +146,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     # The model's own normalisation (its facts, or its card's): the candidate's equals this split's, and a
     # published model re-scored on newer data (the retrain gate) must see inputs as it was trained to.
     normalization = Normalization(info["normalization"]["mean"], info["normalization"]["std"])
-    logits = logits_for(model, test.images, normalization, torch.device("cpu"))
+    logits = test_logits(model, test, normalization, device)
     summary, per_class, predictions, losses = score(logits, test.labels, data.num_classes)
 
     classes = data.meta["classes"]

@@ -23,7 +23,7 @@ from classifier.cli import UserError, run
 from classifier.data import Normalization
 from classifier.files import sha256_bytes
 from classifier.images import read_image as read_model_input
-from classifier.model import NeuralNetwork, logits_for
+from classifier.model import HOST, NeuralNetwork, logits_for
 from classifier.serialization import load_weights_only
 
 
@@ -77,7 +77,8 @@ def looks_inverted(image: torch.Tensor) -> bool:
 def predict(model: NeuralNetwork, card: dict, images: torch.Tensor, top_k: int = 1) -> list[list[tuple[str, float]]]:
     """Per image, the top_k (class name, probability) pairs, most probable first."""
     normalization = Normalization(card["normalization"]["mean"], card["normalization"]["std"])
-    probabilities = logits_for(model, images, normalization, torch.device("cpu")).softmax(dim=1)
+    # Always the CPU: the weights were saved from the host (a GPU-trained model too) and load there.
+    probabilities = logits_for(model, images, normalization, HOST).softmax(dim=1)
     best, indices = probabilities.topk(top_k, dim=1)
     return [[(card["classes"][index], probability) for index, probability in zip(row_indices, row_best)]
             for row_indices, row_best in zip(indices.tolist(), best.tolist())]

@@ -26,7 +26,7 @@ import logging
 import sys
 import time
 from collections.abc import Callable, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -35,9 +35,10 @@ from torch import nn
 from tqdm import tqdm
 
 from classifier.cli import run, stage_parser
-from classifier.data import InMemorySplit, Normalization, batches, load_prepared
+from classifier.data import InMemorySplit, Normalization, epoch_order, load_prepared
 from classifier.files import atomic_write_json, atomic_write_text, file_digest
-from classifier.model import NeuralNetwork, logits_for, loss_and_accuracy, resolve_device
+from classifier.model import (NeuralNetwork, host_state_dict, logits_for, loss_and_accuracy, resolve_device,
+                              to_device)
 from classifier.params import TrainParams, load_params
 from classifier.serialization import load_file, save_atomically
 
@@ -53,33 +54,139 @@ class EpochStats:
     val_accuracy: float
 
 
-def make_optimizer(model: nn.Module, train_params: TrainParams) -> torch.optim.Optimizer:
+def captures_step(device: torch.device, train_params: TrainParams) -> bool:
+    """On a GPU the eager step is launch-bound (dozens of small kernels per batch), so with Adam it
+    is recorded once as a CUDA graph and replayed; SGD and every other device run it op by op."""
+    return device.type == "cuda" and train_params.optimizer == "adam"
+
+
+def make_optimizer(model: nn.Module, train_params: TrainParams, device: torch.device | None = None) -> torch.optim.Optimizer:
     if train_params.optimizer == "adam":
         # fused: one kernel per step instead of a dozen ops that each allocate a temporary the
         # size of the model; on the CPU the unfused update costs more than the matrix multiplies.
-        return torch.optim.Adam(model.parameters(), lr=train_params.learning_rate, fused=True)
+        # capturable: the step count lives on the device, so a replayed CUDA graph updates it.
+        capturable = device is not None and captures_step(device, train_params)
+        return torch.optim.Adam(model.parameters(), lr=train_params.learning_rate, fused=True, capturable=capturable)
     return torch.optim.SGD(model.parameters(), lr=train_params.learning_rate)
 
 
-def train_epoch(model, split, optimizer, normalization, batch_size, generator, device, progress,
-                precision: str = "fp32") -> tuple[float, float]:
-    """One pass over `split`; returns mean training loss and accuracy over the epoch."""
-    model.train()
-    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
-    loss_sum = torch.zeros((), device=device)
-    correct = torch.zeros((), dtype=torch.int64, device=device)
-    for images, labels in progress(batches(split, batch_size, generator)):
-        images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
-        with autocast:
-            logits = model(normalization.apply(images))
+def autocast_for(device: torch.device, precision: str, cache_casts: bool = True):
+    """bf16: autocast the forward pass. A captured graph must not keep autocast's cached casts of the
+    weights (they would be stale on replay), so the captured step turns the cache off."""
+    if precision != "bf16":
+        return nullcontext()
+    return torch.autocast(device.type, dtype=torch.bfloat16, cache_enabled=cache_casts)
+
+
+class Steps:
+    """One optimisation step per batch of indices into a split already on the device; the epoch's
+    summed loss and correct count accumulate on the device (an .item() per batch would wait for
+    the GPU every step)."""
+
+    def __init__(self, model, optimizer, split: InMemorySplit, normalization: Normalization, precision: str,
+                 device: torch.device, set_to_none: bool = True, cache_casts: bool = True):
+        self.model, self.optimizer, self.split, self.normalization = model, optimizer, split, normalization
+        self.autocast = lambda: autocast_for(device, precision, cache_casts)  # noqa: E731
+        # A captured step needs the gradients to keep their storage from one replay to the next.
+        self.set_to_none = set_to_none
+        self.loss_sum = torch.zeros((), device=device)
+        self.correct = torch.zeros((), dtype=torch.int64, device=device)
+
+    def reset(self) -> None:
+        self.loss_sum.zero_()
+        self.correct.zero_()
+
+    def __call__(self, index: torch.Tensor) -> None:
+        images, labels = self.split.images[index], self.split.labels[index]
+        with self.autocast():
+            logits = self.model(self.normalization.apply(images))
             loss = nn.functional.cross_entropy(logits, labels)
-        optimizer.zero_grad(set_to_none=True)
+        self.optimizer.zero_grad(set_to_none=self.set_to_none)
         loss.backward()
-        optimizer.step()
-        # Accumulate on the device: calling .item() per batch would wait for the GPU every step.
-        loss_sum += loss.detach() * len(labels)
-        correct += (logits.argmax(dim=1) == labels).sum()
-    return loss_sum.item() / len(split), correct.item() / len(split)
+        self.optimizer.step()
+        self.loss_sum += loss.detach() * len(labels)
+        self.correct += (logits.argmax(dim=1) == labels).sum()
+
+    def totals(self, count: int) -> tuple[float, float]:
+        return self.loss_sum.item() / count, self.correct.item() / count
+
+
+# Steps run on a side stream before capture, so that lazily made state (Adam's moments, cuBLAS
+# workspaces) exists before recording starts; three is what PyTorch's CUDA-graph examples use.
+WARMUP_STEPS = 3
+
+
+@contextmanager
+def state_kept(model: nn.Module, optimizer: torch.optim.Optimizer):
+    """Warm-up and capture run real steps; afterwards the weights and the optimizer state are as
+    they were (state the warm-up created zeroed, which is how a fresh optimizer starts), in the
+    same storages, so capturing changes no result and the graph's addresses stay valid."""
+    params = list(model.parameters())
+    saved_params = [param.detach().clone() for param in params]
+    saved_state = {(index, key): value.clone() for index, param in enumerate(params)
+                   for key, value in optimizer.state.get(param, {}).items() if torch.is_tensor(value)}
+    yield
+    with torch.no_grad():
+        for index, (param, saved) in enumerate(zip(params, saved_params)):
+            param.copy_(saved)
+            for key, value in optimizer.state.get(param, {}).items():
+                if torch.is_tensor(value):
+                    value.copy_(saved_state[index, key]) if (index, key) in saved_state else value.zero_()
+
+
+class CapturedSteps:
+    """Steps whose full batches replay one CUDA graph of the whole step (gather, normalise, forward,
+    loss, backward, fused Adam, the epoch's sums); the batch's indices go into a static buffer
+    first. The epoch's last, shorter batch runs eagerly on the same tensors."""
+
+    def __init__(self, steps: Steps, batch_size: int, device: torch.device):
+        self.steps = steps
+        self.index = torch.zeros(batch_size, dtype=torch.int64, device=device)
+        with state_kept(steps.model, steps.optimizer):
+            side = torch.cuda.Stream(device)
+            side.wait_stream(torch.cuda.current_stream(device))
+            with torch.cuda.stream(side):
+                for _ in range(WARMUP_STEPS):
+                    steps(self.index)
+            torch.cuda.current_stream(device).wait_stream(side)
+            self.graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(self.graph):
+                steps(self.index)
+        steps.reset()
+
+    def reset(self) -> None:
+        self.steps.reset()
+
+    def __call__(self, index: torch.Tensor) -> None:
+        if len(index) != len(self.index):
+            self.steps(index)
+            return
+        self.index.copy_(index)
+        self.graph.replay()
+
+    def totals(self, count: int) -> tuple[float, float]:
+        return self.steps.totals(count)
+
+
+def make_steps(model, optimizer, split: InMemorySplit, normalization: Normalization, train_params: TrainParams,
+               device: torch.device) -> Steps | CapturedSteps:
+    if not captures_step(device, train_params) or len(split) < train_params.batch_size:
+        return Steps(model, optimizer, split, normalization, train_params.precision, device)
+    if not optimizer.defaults.get("capturable"):
+        log.warning("the optimizer was not made capturable (make_optimizer(..., device)): training op by op")
+        return Steps(model, optimizer, split, normalization, train_params.precision, device)
+    steps = Steps(model, optimizer, split, normalization, train_params.precision, device,
+                  set_to_none=False, cache_casts=False)
+    return CapturedSteps(steps, train_params.batch_size, device)
+
+
+def train_epoch(model, steps: Steps | CapturedSteps, order: torch.Tensor, batch_size: int, progress) -> tuple[float, float]:
+    """One pass in `order` (indices on the split's device); returns mean training loss and accuracy."""
+    model.train()
+    steps.reset()
+    for index in progress(order.split(batch_size)):
+        steps(index)
+    return steps.totals(len(order))
 
 
 @contextmanager
@@ -108,19 +215,23 @@ def fit(
     on_checkpoint: Callable[[list[EpochStats]], None] | None = None,
 ) -> list[EpochStats]:
     """Train from epoch len(history) + 1 to train_params.epochs; `history` is what a resumed
-    run already did. `on_checkpoint` gets the history every `checkpoint_every` epochs."""
-    optimizer = optimizer or make_optimizer(model, train_params)
+    run already did. `on_checkpoint` gets the history every `checkpoint_every` epochs.
+
+    Model and splits must already be on `device` (train.main moves them): nothing here crosses a
+    device boundary except each epoch's shuffled order, drawn on the host and moved once."""
+    optimizer = optimizer or make_optimizer(model, train_params, device)
     show_bar = sys.stderr.isatty()
     history = list(history)
+    if len(history) >= train_params.epochs:
+        return history
     with flushed_denormals():
+        steps = make_steps(model, optimizer, train_split, normalization, train_params, device)
         for epoch in range(len(history) + 1, train_params.epochs + 1):
             generator = torch.Generator().manual_seed(seed + epoch)
             progress = lambda loader: tqdm(loader, desc=f"epoch {epoch}", leave=False, disable=not show_bar)  # noqa: E731
             started = time.perf_counter()
-            train_loss, train_accuracy = train_epoch(
-                model, train_split, optimizer, normalization, train_params.batch_size, generator, device, progress,
-                train_params.precision,
-            )
+            order = to_device(epoch_order(len(train_split), generator), device)
+            train_loss, train_accuracy = train_epoch(model, steps, order, train_params.batch_size, progress)
             samples_per_second = len(train_split) / (time.perf_counter() - started)
             val_loss, val_accuracy = loss_and_accuracy(
                 logits_for(model, val_split.images, normalization, device), val_split.labels
@@ -223,15 +334,15 @@ def main(argv: Sequence[str] | None = None) -> None:
     device = resolve_device(params.train.device)
 
     data = load_prepared(args.prepared_dir, ("train", "val"))
-    train_split, val_split = (data.splits[name].to(device) for name in ("train", "val"))
+    train_split, val_split = (to_device(data.splits[name], device) for name in ("train", "val"))
     torch.manual_seed(params.seed)
     architecture = {
         "input_size": data.input_size,
         "hidden_sizes": list(params.model.hidden_sizes),
         "num_classes": data.num_classes,
     }
-    model = NeuralNetwork(**architecture).to(device)
-    optimizer = make_optimizer(model, params.train)
+    model = to_device(NeuralNetwork(**architecture), device)
+    optimizer = make_optimizer(model, params.train, device)
     log.info("%s: %d train / %d val images, %s", data.meta["dataset"], len(train_split), len(val_split), architecture)
 
     def state(history: Sequence[EpochStats]) -> dict:
@@ -249,7 +360,7 @@ def main(argv: Sequence[str] | None = None) -> None:
                   optimizer, on_epoch=log_epoch(params.train.epochs), history=history,
                   on_checkpoint=(lambda done: save_atomically(state(done), resume_path)) if resume_path else None)
 
-    save_atomically({name: tensor.cpu() for name, tensor in model.state_dict().items()}, args.candidate_path)
+    save_atomically(host_state_dict(model), args.candidate_path)
     atomic_write_json(args.candidate_info_path, candidate_info(architecture, data.meta, params, device))
     atomic_write_text(args.history_path, history_csv(history))
     if args.resume_dir is not None:
