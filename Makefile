@@ -183,8 +183,31 @@ bench: $(ENV)  ## training throughput vs the seed's loop and the matmul bound, t
 	$(BIN)/python benchmarks/pipeline_overhead.py $(BENCH_FLAGS)
 	$(BIN)/python benchmarks/prepare_folder.py $(BENCH_FLAGS)
 
-bench-gpu: $(ENV)  ## training throughput on a CUDA GPU against its torch.mm peak (under 3 min; needs CUDA)
-	$(BIN)/python benchmarks/gpu_check.py $(BENCH_FLAGS)
+# GPU machine (docs/gpu.md): bench-gpu and test-gpu need no .venv and no network. With the project's
+# venv they use it; on a bare image (torch, no pydantic/DVC/Prefect) they use its python3 with src/ on
+# the path and pydantic from the wheels `make gpu-wheels` put in .whl/ (git-ignored; carried along).
+GPU_WHEELS := pydantic pydantic_core annotated-types typing-inspection
+GPU_SITE := .whl/site
+GPU_PYTHON = $(if $(wildcard $(BIN)/python),$(BIN)/python,PYTHONPATH='$(CURDIR)/src:$(CURDIR)/$(GPU_SITE)' python3)
+GPU_SETUP = $(if $(wildcard $(BIN)/python),true,python3 -c 'import pydantic' 2>/dev/null || python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target $(GPU_SITE) .whl/*.whl)
+
+.PHONY: test-gpu gpu-wheels
+
+bench-gpu:  ## (a) seed loop and (b) fit (captured step), fp32 and bf16, vs the mm bound, device memory (under 3 min; needs CUDA)
+	@$(GPU_SETUP)
+	$(GPU_PYTHON) benchmarks/gpu_check.py $(BENCH_FLAGS)
+
+test-gpu:  ## the GPU tests (tests/gpu) then bench-gpu, in one call on a GPU machine (under 5 min); no .venv needed
+	@$(GPU_SETUP)
+	$(GPU_PYTHON) -m pytest tests/gpu --confcutdir=tests/gpu -p no:cacheprovider -q -rs
+	$(MAKE) --no-print-directory bench-gpu
+
+gpu-wheels: $(ENV)  ## fetch pydantic's cp312 manylinux wheels (the venv's versions) into .whl/ for a GPU image without it
+	rm -rf .whl && mkdir -p .whl
+	$(BIN)/python -m pip download --quiet --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+	  --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 -d .whl \
+	  $$($(BIN)/python -c 'import importlib.metadata as m, sys; print(" ".join(f"{n}=={m.version(n)}" for n in sys.argv[1:]))' $(GPU_WHEELS))
+	@ls .whl
 
 clean:  ## remove the virtual environment and caches (not data or models)
 	rm -rf $(VENV) .pytest_cache .hypothesis src/*.egg-info

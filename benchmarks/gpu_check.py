@@ -1,13 +1,16 @@
-"""GPU check: the project's `fit` with the split resident on the device, against torch.mm's peak.
+"""GPU check: the seed's loop and the project's `fit` on one device, against torch.mm's bounds.
 
     python benchmarks/gpu_check.py                        # on a CUDA machine, under 3 minutes
     python benchmarks/gpu_check.py --device cpu --quick   # smoke run of this script without a GPU
 
-For each precision the train params offer (fp32, and bf16 when `train.precision` exists) and
-each batch size: samples/s of classifier.train.fit over a synthetic 60,000-image InMemorySplit
-moved to the device (batches are gathered there), the FLOP/s that implies, and that as a
-fraction of (1) torch.mm's peak on a large square product and (2) torch.mm at the training
-step's own GEMM shapes (the bound train_throughput.py uses on the CPU).
+In one run: (a) the PyTorch quickstart's loop on the same device (fp32, torchvision's MNIST
+class over IDX files, one timed epoch), then for each precision (fp32, bf16) and batch size
+(b) classifier.train.fit over a synthetic 60,000-image InMemorySplit resident on the device:
+on CUDA with Adam, the training step captured in a CUDA graph (classifier.train.CapturedSteps);
+the FLOP/s that implies, as a fraction of torch.mm's peak on a large square product and of
+torch.mm at the step's own GEMM shapes (the bound), and the device memory it peaked at.
+`--compile` adds (b) with the model wrapped in torch.compile(mode="reduce-overhead") and the
+step left eager, to compare the two ways of cutting launch overhead on the same GPU.
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ import sys
 import time
 
 from train_throughput import (PROJECT_ROOT, fit_samples_per_second, flops_per_sample, layer_shapes,
-                              mm_bound, time_mm)
+                              mm_bound, seed_loop_samples_per_second, time_mm)
 
 DTYPE_OF_PRECISION = {"fp32": "float32", "bf16": "bfloat16"}
 # Stop starting new configurations past this, so the whole check stays under 3 minutes.
@@ -45,6 +48,39 @@ def square_peak(device_name: str, dtype_name: str, size: int) -> float:
     return 2 * size**3 / seconds
 
 
+def fit_variant(images: int, batch_size: int, repeats: int, device_name: str, compiled: bool, overrides: dict) -> dict:
+    """(b) as the train stage runs it, or with the model under torch.compile(mode="reduce-overhead"),
+    which records CUDA graphs of its own for forward and backward; the captured step is switched off
+    for that run, so the two ways of cutting launch overhead are timed on the same loop."""
+    if not compiled:
+        return fit_samples_per_second(images, batch_size, repeats, device_name, **overrides)
+    import torch
+
+    import classifier.train as train
+    from classifier import model as model_module
+
+    plain_network, plain_captures = model_module.NeuralNetwork, train.captures_step
+    train.captures_step = lambda device, train_params: False
+
+    def compiled_network(*args, **kwargs):
+        return torch.compile(plain_network(*args, **kwargs), mode="reduce-overhead")
+
+    model_module.NeuralNetwork = compiled_network  # fit_samples_per_second imports it when called
+    try:
+        return fit_samples_per_second(images, batch_size, repeats, device_name, **overrides)
+    finally:
+        model_module.NeuralNetwork, train.captures_step = plain_network, plain_captures
+
+
+def fit_row(method: str, precision: str, batch_size: int, rate: float, flops: int, peak: float, bound: dict,
+            device) -> dict:
+    import torch
+    return {"method": method, "precision": precision, "batch": batch_size, "rate": rate,
+            "tflops": rate * flops / 1e12, "of_peak": rate * flops / peak,
+            "bound": bound["rates"][0], "of_bound": rate / bound["rates"][0],
+            "memory_mb": torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None}
+
+
 def parse_args(argv):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -53,14 +89,19 @@ def parse_args(argv):
     parser.add_argument("--images", type=int, help="training-set size (default: 60000)")
     parser.add_argument("--batch-sizes", help="comma-separated (default: 64,256,1024)")
     parser.add_argument("--repeats", type=int, help="timed epochs per figure (default: 3)")
+    parser.add_argument("--seed-batch-sizes", help="batch sizes for (a), the seed's loop (default: 64,256; --quick: 64)")
+    parser.add_argument("--compile", action="store_true",
+                        help="also time fit with torch.compile(mode='reduce-overhead') instead of the CUDA graph")
     parser.add_argument("--quick", action="store_true",
                         help="unless given: 6,000 images, one repeat, batch 64 and 256")
     args = parser.parse_args(argv)
     args.images = args.images or (6_000 if args.quick else 60_000)
     args.repeats = args.repeats or (1 if args.quick else 3)
     args.batch_sizes = args.batch_sizes or ("64,256" if args.quick else "64,256,1024")
+    args.seed_batch_sizes = args.seed_batch_sizes or ("64" if args.quick else "64,256")
     try:
         args.batch_sizes = [int(size) for size in args.batch_sizes.split(",")]
+        args.seed_batch_sizes = [int(size) for size in args.seed_batch_sizes.split(",")]
     except ValueError:
         parser.error(f"--batch-sizes {args.batch_sizes!r}: expected comma-separated integers, e.g. 64,256")
     return args
@@ -91,6 +132,14 @@ def main(argv=None) -> int:
 
     started = time.perf_counter()
     rows, skipped = [], []
+    if device.type == "cuda":
+        free, total = torch.cuda.mem_get_info(device)
+        print(f"device memory: {total / 2**30:.1f} GiB, {free / 2**30:.1f} GiB free", flush=True)
+    for batch_size in args.seed_batch_sizes:
+        rate = statistics.median(seed_loop_samples_per_second(args.images, batch_size, 1, device_name=args.device))
+        rows.append({"method": "(a) seed loop", "precision": "fp32", "batch": batch_size, "rate": rate,
+                     "tflops": rate * flops / 1e12, "of_peak": None, "bound": None, "of_bound": None, "memory_mb": None})
+        print(f"  (a) seed loop fp32 batch {batch_size}: {rate:,.0f} samples/s", flush=True)
     precisions = available_precisions()
     if precisions is None:
         print("note: TrainParams has no `precision` field: measuring fp32 only", flush=True)
@@ -103,25 +152,23 @@ def main(argv=None) -> int:
             if time.perf_counter() - started > TIME_BUDGET_SECONDS:
                 skipped.append(f"{precision} batch {batch_size}")
                 continue
-            if device.type == "cuda":
-                torch.cuda.reset_peak_memory_stats(device)
-            measured = fit_samples_per_second(args.images, batch_size, args.repeats, args.device, **overrides)
-            rate = statistics.median(measured["rates"])
             bound = mm_bound(batch_size, repeats=5, device_name=args.device, dtype_name=dtype_name)
-            rows.append({
-                "precision": precision, "batch": batch_size, "rate": rate,
-                "tflops": rate * flops / 1e12, "of_peak": rate * flops / peak,
-                "bound": bound["rates"][0], "of_bound": rate / bound["rates"][0],
-                "memory_mb": torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None,
-            })
-            print(f"  {precision} batch {batch_size}: {rate:,.0f} samples/s", flush=True)
+            for method, compiled in [("(b) fit", False)] + ([("(b) fit, torch.compile", True)] if args.compile else []):
+                if device.type == "cuda":
+                    torch.cuda.reset_peak_memory_stats(device)
+                measured = fit_variant(args.images, batch_size, args.repeats, args.device, compiled, overrides)
+                rows.append(fit_row(method, precision, batch_size, statistics.median(measured["rates"]), flops, peak,
+                                    bound, device))
+                print(f"  {method} {precision} batch {batch_size}: {rows[-1]['rate']:,.0f} samples/s", flush=True)
 
-    print("\n| precision | batch | samples/s | TFLOP/s | of mm peak | mm bound at step shapes | of bound | device memory |")
-    print("|---|--:|--:|--:|--:|--:|--:|--:|")
+    print("\n| method | precision | batch | samples/s | TFLOP/s | of mm peak | mm bound at step shapes | of bound | device memory |")
+    print("|---|---|--:|--:|--:|--:|--:|--:|--:|")
+    share = lambda value: "-" if value is None else f"{value:.1%}"  # noqa: E731
     for row in rows:
         memory = "-" if row["memory_mb"] is None else f"{row['memory_mb']:,.0f} MB"
-        print(f"| {row['precision']} | {row['batch']} | {row['rate']:,.0f} | {row['tflops']:.3f} | {row['of_peak']:.1%} "
-              f"| {row['bound']:,.0f} | {row['of_bound']:.1%} | {memory} |")
+        bound = "-" if row["bound"] is None else f"{row['bound']:,.0f}"
+        print(f"| {row['method']} | {row['precision']} | {row['batch']} | {row['rate']:,.0f} | {row['tflops']:.3f} "
+              f"| {share(row['of_peak'])} | {bound} | {share(row['of_bound'])} | {memory} |")
     if skipped:
         print(f"\nskipped to stay under {TIME_BUDGET_SECONDS} s: {', '.join(skipped)}")
     print(f"\ntotal {time.perf_counter() - started:.0f} s (project: {PROJECT_ROOT})")

@@ -110,7 +110,8 @@ def write_idx(path: Path, array) -> None:
     path.write_bytes(header + data.tobytes())
 
 
-def seed_loop_samples_per_second(count: int, batch_size: int, repeats: int, optimizer_name: str = "adam") -> list[float]:
+def seed_loop_samples_per_second(count: int, batch_size: int, repeats: int, optimizer_name: str = "adam",
+                                 device_name: str = "cpu") -> list[float]:
     """(a): the quickstart, verbatim except the printing, over torchvision's MNIST class."""
     import torch
     from torch import nn
@@ -132,7 +133,7 @@ def seed_loop_samples_per_second(count: int, batch_size: int, repeats: int, opti
         training_data = datasets.MNIST(root=root, train=True, download=False, transform=ToTensor())
         del images, labels
 
-        device = "cpu"
+        device = device_name  # the quickstart's `device`; gpu_check.py runs the same loop on the GPU
         torch.manual_seed(0)
         model = NeuralNetwork(INPUT_SIZE, HIDDEN_SIZES, NUM_CLASSES).to(device)
         loss_fn = nn.CrossEntropyLoss()
@@ -157,6 +158,7 @@ def seed_loop_samples_per_second(count: int, batch_size: int, repeats: int, opti
         for _ in range(repeats):
             started = time.perf_counter()
             train(train_dataloader, model, loss_fn, optimizer)
+            _synchronize(torch.device(device))
             rates.append(count / (time.perf_counter() - started))
     return rates
 
