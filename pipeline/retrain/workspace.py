@@ -27,6 +27,7 @@ from prefect.exceptions import MissingContextError
 
 from pipeline.run.stages import stage_env
 
+
 class RetrainError(Exception):
     """The retrain could not run (no git repo, unknown ref) or its model lost to the champion."""
 
