@@ -115,6 +115,10 @@ def produced(summary: dict, project: Path) -> list[str]:
         lines.append(f"model {summary['model_path']} sha256 {summary['model_sha256']}")
     changed = summary.get("changed") or []
     lines.append("stages run or restored by DVC: " + (", ".join(changed) if changed else "none, all up to date"))
+    if {"train", "evaluate"} & set(changed):
+        from pipeline.committed import against_committed  # pandas and scipy: only when there is something to judge
+
+        lines.append(against_committed(project))
     dirty = subprocess.run(["git", "status", "--porcelain", "--", *RESULT_FILES], cwd=project,
                            capture_output=True, text=True)
     if dirty.returncode == 0 and dirty.stdout.strip():
@@ -201,6 +205,8 @@ def run_command(args: argparse.Namespace, project: Path) -> int:
         say(f"error: {error}")
         return 1
     print(result["result"] + (f": {result['branch']}" if result["branch"] else ""))
+    if result["reason"] != result["result"]:
+        print(result["reason"])
     return 0
 
 

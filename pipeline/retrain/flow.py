@@ -6,10 +6,17 @@ what reruns (pipeline.run.flow); the gate (pipeline.retrain.gate) judges the new
 the champion; a model at least as good is committed on a retrain/<UTC timestamp> branch.
 prefect.yaml's `retrain-cpu` and `retrain-gpu` deployments run this flow; so does
 `python -m pipeline retrain`.
+
+A retrain that ran and decided did its job, whatever it decided: it ends Completed, in a state
+named after the outcome (`Promoted`, `Not promoted`, `No change`), and emits one event,
+`classifier.model.promoted` or `classifier.model.kept`, whose payload carries the base, the
+branch, the verdict, the reason and the metrics, for an automation or a notification to match.
+Failed is for errors only: a stage failed, or the champion could not be judged.
 """
 
 from __future__ import annotations
 
+import json
 import subprocess
 import tempfile
 import uuid
@@ -19,18 +26,25 @@ from pathlib import Path
 import yaml
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact
+from prefect.events import emit_event
+from prefect.states import Completed, State
+
+from classifier.compare import GateDecision
 
 from pipeline.device import check_device, require_device
-from pipeline.project import LOCK_PATH, MODEL_PATH, PARAMS_PATH
+from pipeline.project import LOCK_PATH, METRICS_PATH, MODEL_PATH, PARAMS_PATH
 from pipeline.retrain.gate import RECORD_PATH, GateError, decision_report, judge_challenger, write_record
 from pipeline.retrain.workspace import (
-    RetrainError, close_workspace, dvc, git, has_dvc_remote, is_url, open_workspace, restore_outputs,
+    RetrainError, close_workspace, dvc, git, has_dvc_remote, open_workspace, restore_outputs,
 )
 from pipeline.run.flow import train_pipeline
 from pipeline.run.stages import lock_md5
 
 NO_CHANGE = "no change: DVC reran and restored nothing, champion kept"
 SAME_MODEL = "no change: the retrained model is byte-identical to the champion, champion kept"
+PROMOTED = "promoted"
+NOT_PROMOTED = "not promoted: the champion is kept"
+PROMOTED_EVENT, KEPT_EVENT = "classifier.model.promoted", "classifier.model.kept"
 # The published model, as dvc.lock records it: equal hashes mean nothing worth a branch.
 
 
@@ -44,7 +58,7 @@ def same_model_as_champion(workspace: Path, base: str) -> bool:
     return champion is not None and champion == lock_md5(yaml.safe_load((workspace / LOCK_PATH).read_text()), MODEL_PATH)
 
 
-def promote(workspace: Path, repo_is_url: bool, pushed_to_remote: bool) -> str:
+def promote(workspace: Path, cloned: bool, pushed_to_remote: bool) -> str:
     """Commit the new lock, params and metrics on retrain/<UTC timestamp>; returns the branch name."""
     branch = f"retrain/{datetime.now(timezone.utc):%Y%m%dT%H%M%SZ}"
     existing = git(workspace, "branch", "--list", f"{branch}*").split()
@@ -57,18 +71,45 @@ def promote(workspace: Path, repo_is_url: bool, pushed_to_remote: bool) -> str:
         "commit", "--quiet", "--allow-empty", "-m", f"Retrain: new model at least as good as the champion ({branch})")
     if pushed_to_remote:
         dvc(workspace, "push", what="pushing the new outputs to the DVC remote")
-    if repo_is_url:
+    if cloned:  # from a URL or a bare origin: the branch goes back there
         git(workspace, "push", "--quiet", "origin", branch, what="pushing the retrain branch")
     return branch
 
 
+def test_metrics(workspace: Path) -> dict:
+    """The workspace's test scores (metrics.json's `test`), for an outcome that judged nothing."""
+    try:
+        return json.loads((workspace / METRICS_PATH).read_text()).get("test") or {}
+    except (OSError, AttributeError, ValueError):
+        return {}
+
+
+def outcome(state_name: str, result: dict, base: str, decision: GateDecision | None = None,
+            metrics: dict | None = None) -> State:
+    """The run's final state, Completed and named after the outcome, and its event."""
+    payload = {"base": base, "branch": result["branch"], "verdict": result["result"], "reason": result["reason"]}
+    if decision is not None:
+        payload |= {"champion": dict(decision.champion), "challenger": dict(decision.challenger),
+                    "checks": {name: bool(passed) for name, passed in decision.checks.items()},
+                    "resolution": {item.name: {"margin": round(float(item.margin), 6), "min_effect": item.min_effect,
+                                               "resolved": bool(item.resolved)} for item in decision.resolution}}
+    else:
+        payload["champion"] = payload["challenger"] = metrics or {}
+    emit_event(event=PROMOTED_EVENT if result["branch"] else KEPT_EVENT,
+               resource={"prefect.resource.id": "classifier.model", "classifier.base": base,
+                         "classifier.branch": result["branch"] or ""},
+               payload=payload)
+    return Completed(name=state_name, message=result["reason"], data=result)
+
+
 @flow(name="retrain")
 def retrain(repo: str = ".", base: str = "main", device: str | None = None, workspace_root: str | None = None,
-            timeout_s: float = 3600.0) -> dict:
+            timeout_s: float = 3600.0) -> State:
     """Retrain `base` in a workspace of its own; promote only a model at least as good as the champion.
 
     device: the class to train on, set in the workspace's params.yaml (and so committed with a
-    promotion); None keeps what `base` says.
+    promotion); None keeps what `base` says. Called as a function it returns the outcome's dict
+    (`result`, `branch`, `reason`, `stages`); with return_state=True, the named Completed state.
     """
     logger = get_run_logger()
     if device is not None:
@@ -81,27 +122,32 @@ def retrain(repo: str = ".", base: str = "main", device: str | None = None, work
     try:
         restore_outputs(workspace, local_repo, logger)
         run = train_pipeline(project_dir=str(workspace), device=device, timeout_s=timeout_s)
-        if not run["changed"]:
-            logger.info(NO_CHANGE)
-            return {"result": NO_CHANGE, "branch": None, "stages": run["stages"]}
-        if same_model_as_champion(workspace, base):
-            logger.info(SAME_MODEL)
-            return {"result": SAME_MODEL, "branch": None, "stages": run["stages"]}
+        if not run["changed"] or same_model_as_champion(workspace, base):
+            reason = NO_CHANGE if not run["changed"] else SAME_MODEL
+            logger.info(reason)
+            result = {"result": reason, "branch": None, "reason": reason, "stages": run["stages"]}
+            return outcome("No change", result, base, metrics=test_metrics(workspace))
 
         try:
             decision, test_split = judge_challenger(workspace, base, log=logger.info)  # re-scores the champion on new data
         except GateError as error:
             raise RetrainError(f"nothing promoted: {error}") from None
+        for item in decision.resolution:
+            if not item.resolved:
+                logger.warning("the gate cannot resolve its margin: %s", item.describe())
         if not decision.promote:
             create_markdown_artifact(key="retrain-comparison", markdown=decision_report(decision, base, None),
                                      description="retrained model against the champion: not promoted")
-            raise RetrainError(f"the retrained model is not promoted over the champion at {base}: {decision.reason}")
+            logger.info("not promoted over the champion at %s: %s", base, decision.reason)
+            result = {"result": NOT_PROMOTED, "branch": None, "reason": decision.reason, "stages": run["stages"]}
+            return outcome("Not promoted", result, base, decision)
 
         write_record(workspace, decision, test_split)
-        branch = promote(workspace, is_url(repo), has_dvc_remote(workspace))
+        branch = promote(workspace, local_repo is None, has_dvc_remote(workspace))
         create_markdown_artifact(key="retrain-comparison", markdown=decision_report(decision, base, branch),
                                  description=f"retrained model against the champion: promoted on {branch}")
         logger.info("promoted on %s: %s", branch, decision.reason)
-        return {"result": "promoted", "branch": branch, "stages": run["stages"]}
+        result = {"result": PROMOTED, "branch": branch, "reason": decision.reason, "stages": run["stages"]}
+        return outcome("Promoted", result, base, decision)
     finally:
         close_workspace(workspace, local_repo)

@@ -191,5 +191,7 @@ def decision_report(decision: GateDecision, base: str, branch: str | None) -> st
               f"Paired examples: {paired.n}; right only for the champion {paired.base_only}, "
               f"only for the new model {paired.head_only} (McNemar p = {paired.p_value:.3g}).", "",
               decision.reason, "",
-              f"Promoted on branch `{branch}`." if branch else "Not promoted: the champion stays."]
+              "What this test split resolves (the margin an equally good model clears 95% of the time):", ""]
+    lines += [f"- {item.describe()}" for item in decision.resolution]
+    lines += ["", f"Promoted on branch `{branch}`." if branch else "Not promoted: the champion stays."]
     return "\n".join(lines) + "\n"

@@ -1,9 +1,10 @@
 """A retrain's workspace: a checkout of its own, opened, restored from the DVC cache and closed.
 
-The workspace is a fresh `git worktree` (a clone, when `repo` is a URL) in a unique folder, so
+The workspace is a fresh `git worktree` of a local work tree, or a clone of anything else (a URL,
+or a path that is a bare repository, such as an origin on a shared disk), in a unique folder, so
 the user's checkout is never touched and two retrains never share a DVC workspace. A worktree
-of a local repo shares that repo's DVC cache (through its `.dvc/config.local`); a clone of a
-URL starts with an empty cache. Either way, outputs are pulled from the DVC remote when one
+shares its repo's DVC cache (through its `.dvc/config.local`); a clone starts with an empty cache
+and pushes its branch back to where it came from. Either way, outputs are pulled from the DVC remote when one
 is configured. Each workspace is held by a lock its process keeps while it lives, so what a
 dead run left behind is found and removed by the next one.
 """
@@ -59,15 +60,8 @@ def open_workspace(repo: str, base: str, root: Path) -> tuple[Path, Path | None]
     holds the lock of its own until `close_workspace`.
     """
     workspace = root / f"retrain-{datetime.now(timezone.utc):%Y%m%dT%H%M%SZ}-{uuid.uuid4().hex[:8]}"
-    local = None if is_url(repo) else Path(repo).resolve()
-    top = None
-    if local is not None:
-        if not local.is_dir():
-            raise RetrainError(f"repo {repo!r} is not a folder or a git URL")
-        probe = subprocess.run(["git", "rev-parse", "--show-toplevel"], cwd=local, capture_output=True, text=True)
-        if probe.returncode != 0:
-            raise RetrainError(f"{local} is not a git repository (retrain needs one to branch from)")
-        top = Path(probe.stdout.strip())
+    top = work_tree(repo)
+    if top is not None:
         if subprocess.run(["git", "rev-parse", "--verify", "--quiet", f"{base}^{{commit}}"], cwd=top,
                           capture_output=True).returncode != 0:
             raise RetrainError(f"base ref {base!r} does not exist in {top}")
@@ -85,6 +79,24 @@ def open_workspace(repo: str, base: str, root: Path) -> tuple[Path, Path | None]
         close_workspace(workspace, top)
         raise
     return workspace, top
+
+
+def work_tree(repo: str) -> Path | None:
+    """The top of `repo`'s work tree when it is a local one (a worktree of it is the workspace); None
+    when it is to be cloned: a URL, or a path to a repository without a work tree (a bare origin)."""
+    if is_url(repo):
+        return None
+    local = Path(repo).resolve()
+    if not local.is_dir():
+        raise RetrainError(f"repo {repo!r} is not a folder or a git URL")
+    probe = subprocess.run(["git", "rev-parse", "--is-bare-repository", "--show-toplevel"], cwd=local,
+                           capture_output=True, text=True)
+    if probe.returncode != 0 and "must be run in a work tree" not in probe.stderr:
+        raise RetrainError(f"{local} is not a git repository (retrain needs one to branch from)")
+    answers = probe.stdout.split("\n")
+    if answers[0] == "true" or probe.returncode != 0:
+        return None  # bare, or inside a .git folder: no work tree to add a worktree to
+    return Path(answers[1].strip())
 
 
 def close_workspace(workspace: Path, repo: Path | None) -> None:

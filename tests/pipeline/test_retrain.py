@@ -1,13 +1,17 @@
-"""The retrain gate on real git repos: better -> branch, worse -> failed, unchanged -> nothing trained."""
+"""The retrain gate on real git repos: better -> branch, worse -> kept (Completed, not Failed), unchanged ->
+nothing trained; each outcome announced by an event."""
 
 from __future__ import annotations
 
 import json
+import time
+from datetime import datetime, timedelta, timezone
 
+import httpx
 import pytest
 
 from classifier.files import file_digest
-from pipeline.retrain.flow import NO_CHANGE, SAME_MODEL, RetrainError, retrain
+from pipeline.retrain.flow import KEPT_EVENT, NO_CHANGE, NOT_PROMOTED, PROMOTED_EVENT, SAME_MODEL, RetrainError, retrain
 from pipeline.run.stages import RAN, RESTORED
 from tests.conftest import commit_all, dvc, git, write_params
 
@@ -26,9 +30,32 @@ def retrain_branches(project) -> list[str]:
     return git(project, "branch", "--list", "retrain/*", "--format=%(refname:short)").split()
 
 
+def events_since(name: str, since: datetime, limit_s: float = 60) -> list[dict]:
+    """The events called `name` the test server received since `since`; the server stores events
+    in batches, so wait for the first one."""
+    from prefect.settings import PREFECT_API_URL
+
+    query = {"filter": {"event": {"name": [name]}, "occurred": {"since": since.isoformat()}}, "limit": 50}
+    deadline = time.monotonic() + limit_s
+    while True:
+        found = httpx.post(f"{PREFECT_API_URL.value()}/events/filter", json=query).raise_for_status().json()["events"]
+        if found or time.monotonic() > deadline:
+            return found
+        time.sleep(0.5)
+
+
+def started() -> datetime:
+    return datetime.now(timezone.utc) - timedelta(seconds=1)
+
+
 def test_nothing_changed_keeps_the_champion_and_trains_nothing(champion, tmp_path, prefect_harness):
-    result = retrain(repo=str(champion), base="main", workspace_root=str(tmp_path / "ws"))
+    since = started()
+    state = retrain(repo=str(champion), base="main", workspace_root=str(tmp_path / "ws"), return_state=True)
+    assert state.is_completed() and state.name == "No change"
+    result = state.result()
     assert result["result"] == NO_CHANGE and result["branch"] is None
+    [kept] = events_since(KEPT_EVENT, since)
+    assert kept["payload"]["verdict"] == NO_CHANGE and kept["payload"]["champion"]["accuracy"] > 0
     assert set(result["stages"].values()) == {"skipped"}
     assert retrain_branches(champion) == []
     assert list((tmp_path / "ws").iterdir()) == []  # the workspace is gone again
@@ -49,10 +76,16 @@ def test_a_better_model_is_committed_on_a_retrain_branch(champion, tmp_path, pre
     main_before = git(champion, "rev-parse", "main")
     status_before = git(champion, "status", "--porcelain")
 
+    since = started()
     result = retrain(repo=str(champion), base="main", workspace_root=str(tmp_path / "ws"))
 
     branch = result["branch"]
     assert result["result"] == "promoted" and retrain_branches(champion) == [branch]
+    [promoted] = events_since(PROMOTED_EVENT, since)
+    assert promoted["payload"]["branch"] == branch and promoted["resource"]["classifier.branch"] == branch
+    assert promoted["payload"]["challenger"]["accuracy"] >= promoted["payload"]["champion"]["accuracy"] - 0.025
+    assert promoted["payload"]["reason"].startswith("promoted: ")
+    assert events_since(KEPT_EVENT, since, limit_s=0) == []
     assert branch.startswith("retrain/")
     new_lock = git(champion, "show", f"{branch}:dvc.lock")
     assert new_lock != git(champion, "show", "main:dvc.lock") and "epochs: 3" in new_lock
@@ -65,15 +98,24 @@ def test_a_better_model_is_committed_on_a_retrain_branch(champion, tmp_path, pre
     assert git(champion, "status", "--porcelain") == status_before  # the user's checkout untouched
 
 
-def test_a_worse_model_fails_the_run_and_leaves_the_base_alone(champion, tmp_path, prefect_harness):
+def test_a_worse_model_is_not_promoted_and_the_run_completes(champion, tmp_path, prefect_harness):
+    """Keeping the champion is an outcome, not an error: Completed, named, with the judgement."""
     champion_model = file_digest(champion / "models/model.pth")
     write_params(champion, **{"train.learning_rate": 1e-6, "save.min_accuracy": 0.0})
     commit_all(champion, "a learning rate too small to learn anything in one epoch")
     main_before = git(champion, "rev-parse", "main")
+    since = started()
 
-    with pytest.raises(RetrainError, match=r"not promoted over the champion at main: not promoted \(accuracy non-inferior"):
-        retrain(repo=str(champion), base="main", workspace_root=str(tmp_path / "ws"))
+    state = retrain(repo=str(champion), base="main", workspace_root=str(tmp_path / "ws"), return_state=True)
 
+    assert state.is_completed() and state.name == "Not promoted", state
+    assert state.message.startswith("not promoted (accuracy non-inferior")
+    assert state.result()["result"] == NOT_PROMOTED and state.result()["branch"] is None
+    [kept] = events_since(KEPT_EVENT, since)
+    assert kept["payload"]["verdict"] == NOT_PROMOTED and kept["payload"]["branch"] is None
+    assert kept["payload"]["checks"]["accuracy non-inferior"] is False
+    assert kept["payload"]["challenger"]["accuracy"] < kept["payload"]["champion"]["accuracy"]
+    assert set(kept["payload"]["resolution"]) == {"accuracy", "macro_f1", "loss"}
     assert retrain_branches(champion) == []
     assert git(champion, "rev-parse", "main") == main_before
     assert file_digest(champion / "models/model.pth") == champion_model
@@ -109,3 +151,18 @@ def test_a_redrawn_test_split_is_not_comparable_and_promotes_nothing(champion, t
                                            r"test split sha256:\w+, the new model on sha256:\w+"):
         retrain(repo=str(champion), base="main", workspace_root=str(tmp_path / "ws"))
     assert retrain_branches(champion) == []
+
+
+def test_an_origin_that_is_a_bare_path_is_cloned_and_the_branch_pushed_back(champion, tmp_path, prefect_harness):
+    """An origin on a shared disk (`/srv/git/project.git`) is a path but not a work tree: cloned like a URL."""
+    write_params(champion, **{"train.epochs": 3})
+    commit_all(champion, "train longer")
+    origin = tmp_path / "origin.git"
+    git(tmp_path, "clone", "--quiet", "--bare", str(champion), str(origin))
+
+    result = retrain(repo=str(origin), base="main", workspace_root=str(tmp_path / "ws"))
+
+    assert result["result"] == "promoted"
+    assert git(origin, "branch", "--list", "retrain/*", "--format=%(refname:short)").split() == [result["branch"]]
+    assert "epochs: 3" in git(origin, "show", f"{result['branch']}:dvc.lock")
+    assert retrain_branches(champion) == []  # the work tree the origin came from is not touched
