@@ -10,6 +10,7 @@ retrain/ and sweep.py not from one another:
     run/         one run of the pipeline: the DVC runner (stages, dvc_run) and the train-pipeline flow
     results.py   one revision's committed results (git) or the workspace's: metrics, predictions,
                  test-split fingerprint, dvc.lock, params and its `compare` policy
+    committed.py make run's closing verdict: the workspace's results against HEAD's committed ones
     report/      the pull-request report (`python -m pipeline.report`)
     retrain/     retraining: its workspace, its gate, its flow
     sweep.py     sweeps across workers (`python -m pipeline.sweep`)

@@ -128,8 +128,11 @@ def _dvc(repo: Path, *args: str) -> subprocess.CompletedProcess:
 
 
 def _last_line(result: subprocess.CompletedProcess) -> str:
-    lines = (result.stderr or result.stdout).strip().splitlines()
-    return lines[-1] if lines else f"exit status {result.returncode}"
+    """The line that says what went wrong: DVC's last `ERROR` line (DVC ends a failure with a support
+    link, "Having any troubles? ...", which says nothing about it), else the last line."""
+    lines = [line for line in (result.stderr or result.stdout).strip().splitlines() if line.strip()]
+    errors = [line for line in lines if line.startswith("ERROR")]
+    return (errors or lines or [f"exit status {result.returncode}"])[-1]
 
 
 def repo_root(directory: Path) -> Path:

@@ -129,6 +129,10 @@ def metrics_lines(report: Report) -> list[str]:
     if report.policy is not None and judgement.paired is not None:
         lines += [f"Judged by the base's `compare` policy: alpha {report.policy.alpha:g}, "
                   f"{report.policy.resamples:,} paired bootstrap resamples (fixed seed).", ""]
+    if judgement.resolution:
+        lines += ["What this test split resolves: the change an equally good model stays within 95% of the time.", ""]
+        lines += [f"- {'' if item.resolved else '**Warning:** '}{text(item.describe())}" for item in judgement.resolution]
+        lines.append("")
     if report.policy_changes:
         changed = ", ".join(f"{code(change.key)} {_value(change.base)} → {_value(change.head)}"
                             for change in report.policy_changes)

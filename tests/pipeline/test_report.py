@@ -293,13 +293,16 @@ def test_one_epoch_is_regressed_even_when_the_head_raises_every_min_effect(basel
     accuracy = rows["accuracy"]
     low, high = (float(end) for end in accuracy[4].split(" to "))
     assert low <= float(accuracy[3]) <= high < 0
-    assert accuracy[5] == "0.005" and accuracy[6] == "**regressed**"  # the BASE's min_effect judged
+    base_min_effect = yaml.safe_load(at(root, "HEAD~1", "params.yaml"))["compare"]["min_effect"]["accuracy"]
+    assert accuracy[5] == f"{base_min_effect:g}" and accuracy[6] == "**regressed**"  # the BASE's min_effect judged
     base_only, head_only = paired_counts(root)
     assert base_only > head_only
     match = re.search(r"(\d+) right only at base, (\d+) right only at head.*p = ([0-9.e+-]+);", text)
     assert (int(match.group(1)), int(match.group(2))) == (base_only, head_only)
     assert float(match.group(3)) < 0.05
-    assert "This pull request changes the policy" in text and "`compare.min_effect.accuracy` `0.005` → `1.0`" in text
+    assert "This pull request changes the policy" in text
+    assert f"`compare.min_effect.accuracy` `{base_min_effect:g}` → `1.0`" in text
+    assert "What this test split resolves" in text and "accuracy resolves " in text
     assert "`train.epochs`" in table(text, "Params")
     assert table(text, "Pipeline")["train"] == ["yes", "params `train.epochs`"]
     check_images(root / "report", IMAGES + ["confusion_change.png"])

@@ -1,0 +1,49 @@
+"""`make run`'s closing verdict: the workspace's results against the ones committed at HEAD.
+
+Floating-point training is reproducible on one machine (same CPU, threads, torch build), not
+across machines: another CPU's SIMD kernels sum in another order, so a fresh clone retrains a
+slightly different model. Whether that matters is a question for the same paired statistics
+the pull-request report uses (classifier.compare, under HEAD's `compare` policy), not for a
+hash: the answer is one of *same bytes*, *reproduces the committed results within noise*,
+*differs from the committed results* or *not comparable*, with its numbers.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from classifier.compare import IMPROVED, NO_CHANGE, REGRESSED, judge
+from pipeline.project import MODEL_PATH
+from pipeline.results import ResultsError, compare_policy, git_reader, read_snapshot, workspace_reader
+from pipeline.run.stages import lock_md5
+
+LABELS = {"accuracy": "accuracy", "macro_f1": "macro F1", "loss": "loss"}
+
+
+def against_committed(project: Path, revision: str = "HEAD") -> str:
+    """One line: how the workspace's results compare with those committed at `revision`."""
+    try:
+        committed = read_snapshot(git_reader(project, revision), f"at {revision}")
+        current = read_snapshot(workspace_reader(project), "in the workspace")
+    except ResultsError as error:
+        return f"not comparable with the committed results: {error}"
+    model = lock_md5(current.lock, MODEL_PATH)
+    if model is not None and model == lock_md5(committed.lock, MODEL_PATH):
+        return f"same bytes as the committed model ({MODEL_PATH} at {revision})"
+    if committed.results is None:
+        return f"not comparable with the committed results: {revision} has no per-example results"
+    if current.results is None:
+        return "not comparable with the committed results: the workspace has no per-example results"
+    policy, problem = compare_policy(committed.params, f"at {revision}")
+    if policy is None:
+        return f"not comparable with the committed results: {problem}"
+    judgement = judge(committed.results, current.results, policy)
+    if judgement.verdict not in (NO_CHANGE, IMPROVED, REGRESSED):
+        return f"not comparable with the committed results: {judgement.reason}"
+    paired = judgement.paired
+    numbers = (f"{paired.n:,} paired test images, {paired.base_only} right only in the committed model and "
+               f"{paired.head_only} only in this one (McNemar p = {paired.p_value:.2g}); "
+               + ", ".join(f"{LABELS[metric.name]} {metric.delta:+.4f}" for metric in judgement.metrics))
+    if judgement.verdict == NO_CHANGE:
+        return f"reproduces the committed results within noise: {numbers}"
+    return f"differs from the committed results ({judgement.verdict}): {numbers}"
