@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import fcntl
 import gzip
+import os
 import shutil
 import subprocess
 import sys
@@ -113,17 +115,102 @@ def project(tmp_path: Path) -> Path:
     return root
 
 
-@pytest.fixture(scope="session")
-def reproduced_template(tmp_path_factory) -> Path:
-    """One one-epoch copy of the project after a full `dvc repro`, committed; built once per session."""
-    root = copy_project(tmp_path_factory.mktemp("template") / "project")
+def built_once(tmp_path_factory, name: str, build) -> Path:
+    """`build(folder)` once per test run, in a folder that no test may change (tests copy it).
+
+    Under pytest-xdist every worker is its own session: the first worker to ask builds it in the
+    run's common temporary folder while holding a lock, and the others wait on the lock and reuse it."""
+    if not os.environ.get("PYTEST_XDIST_WORKER"):
+        folder = tmp_path_factory.mktemp(name)
+        build(folder)
+        return folder
+    common = tmp_path_factory.getbasetemp().parent  # pytest-of-<user>/pytest-<n>/, shared by this run's workers
+    folder, done = common / name, common / f"{name}.done"
+    with open(common / f"{name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes, or when its process dies
+        if not done.exists():
+            shutil.rmtree(folder, ignore_errors=True)  # a half-built one, from a worker that died building it
+            folder.mkdir()
+            build(folder)
+            done.touch()
+    return folder
+
+
+def _reproduce_one_epoch_copy(folder: Path) -> None:
+    root = copy_project(folder / "project")
     write_params(root, **{"train.epochs": 1, "save.min_accuracy": 0.5})
     dvc(root, "repro")
     commit_all(root, "one-epoch baseline run")
-    return root
+
+
+@pytest.fixture(scope="session")
+def reproduced_template(tmp_path_factory) -> Path:
+    """One one-epoch copy of the project after a full `dvc repro`, committed; built once per test run
+    (shared by pytest-xdist's workers). Read-only: copy it (`reproduced_project`) to change anything."""
+    return built_once(tmp_path_factory, "template", _reproduce_one_epoch_copy) / "project"
 
 
 @pytest.fixture
 def reproduced_project(reproduced_template: Path, tmp_path: Path) -> Path:
     """A private copy of the reproduced template (workspace, git history and DVC cache)."""
     return Path(shutil.copytree(reproduced_template, tmp_path / "project", symlinks=True))
+
+
+
+# Parallel workers already fill the cores: torch's own threads would only fight over them, and OpenMP
+# threads spin while they wait. One thread setting for the whole run (same-bytes claims hold per setting).
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    os.environ.setdefault("MKL_NUM_THREADS", "1")
+
+# Files whose tests share a module-scoped fixture (a trained baseline, a loopback cluster, a browser):
+# under pytest-xdist each goes to one worker as a whole, so that the fixture is built once.
+SHARED_FIXTURE_FILES = {"tests/pipeline/test_report.py", "tests/pipeline/test_scale_out.py",
+                        "tests/pipeline/test_plots_browser.py", "tests/unit/test_installability.py",
+                        "tests/unit/test_save_and_predict.py", "tests/gpu/test_cuda.py"}
+# The test files whose tests take minutes (servers, workers, heartbeats), longest first: handed out first.
+LONGEST_FILES = ["test_crash_recovery", "test_retrain_on_new_data", "test_no_secrets_leak", "test_prefect_server",
+                 "test_experiments", "test_auth", "test_guarantees", "test_retrain", "test_flows", "test_fresh_clone"]
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config, log):
+    """`make test`'s pytest-xdist schedule: each test to whichever worker is free, except that a file in
+    SHARED_FIXTURE_FILES goes to one worker whole (xdist's loadgroup marks do not reach its scheduler
+    under pytest 9.2, whose node ids ignore them), and the units in collection order, the largest first."""
+    from xdist.scheduler import LoadScopeScheduling
+
+    class Schedule(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            path = nodeid.split("::", 1)[0]
+            return path if path in SHARED_FIXTURE_FILES else nodeid
+
+        def _reschedule(self, node) -> None:
+            # xdist's own keeps up to three tests queued on a worker; one beside the running test (which
+            # a worker needs, to run it) means none waits behind a test that takes minutes while others idle.
+            if node.shutting_down:
+                return
+            if not self.workqueue:
+                node.shutdown()
+                return
+            if self._pending_of(self.assigned_work[node]) <= 1:
+                self._assign_work_unit(node)
+
+    return Schedule(config, log)
+
+
+def pytest_collection_modifyitems(config, items):
+    """Under pytest-xdist the tests are handed out in this order (the shared-fixture files first, by size):
+    the files that take minutes go first, so that no worker starts one of them near the end. A test that
+    shares a module-scoped fixture belongs in SHARED_FIXTURE_FILES, or each worker builds its own: warned."""
+    if not os.environ.get("PYTEST_XDIST_WORKER"):
+        return
+    for item in items:
+        definitions = getattr(item, "_fixtureinfo", None)
+        path = item.nodeid.split("::", 1)[0]
+        if definitions and path not in SHARED_FIXTURE_FILES and any(
+                defs and defs[-1].scope == "module" for defs in definitions.name2fixturedefs.values()):
+            item.warn(pytest.PytestWarning(f"{path} has a module-scoped fixture that each worker builds again: "
+                                           "add the file to SHARED_FIXTURE_FILES in tests/conftest.py"))
+    rank = {name: place for place, name in enumerate(LONGEST_FILES)}
+    items.sort(key=lambda item: rank.get(item.path.stem, len(rank)))  # stable: each file's tests keep their order

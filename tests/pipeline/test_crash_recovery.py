@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from pipeline.retrain.workspace import remove_stale_workspaces
-from tests.conftest import commit_all, dvc, git, subprocess_env, write_params
+from tests.conftest import commit_all, git, subprocess_env, write_params
 from tests.pipeline.prefect_server import (api_call, command_line, descendants, final_state, heartbeats,
                                            make_deploy, run_deployment, start_worker, state_history, stop, wait_for)
 
@@ -68,9 +68,9 @@ def train_is_running(worker_pid: int) -> bool:
     return any("classifier.train" in command_line(pid) for pid in descendants(worker_pid))
 
 
-def test_a_retrain_whose_machine_dies_is_crashed_then_retried_and_the_next_one_runs(project, server, tmp_path):
+def test_a_retrain_whose_machine_dies_is_crashed_then_retried_and_the_next_one_runs(reproduced_project, server, tmp_path):
     api, env = server
-    dvc(project, "repro", "-q")
+    project = reproduced_project  # the one-epoch project, trained
     commit_all(project, "champion")
     write_params(project, **{"train.epochs": 5000})  # minutes of training: the kill lands in it
     commit_all(project, "train long")

@@ -57,8 +57,8 @@ def test_a_grown_folder_reruns_the_pipeline_and_no_image_changes_split(project, 
     assert (project / "metrics/metrics.json").read_text() == metrics
 
 
-def test_the_default_stays_mnist_5k_offline_with_a_hash_split(project):
-    dvc(project, "repro", "-q")
+def test_the_default_stays_mnist_5k_offline_with_a_hash_split(reproduced_project):
+    project = reproduced_project  # the one-epoch project after a full `dvc repro`
     table = manifest(project)
     meta = json.loads((project / "data/prepared/meta.json").read_text())
     assert meta["dataset"] == "mnist-5k" and len(table) == 5000

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.conftest import PROJECT_ROOT, commit_all, copy_project, dvc, write_params
+from tests.conftest import PROJECT_ROOT, commit_all, dvc, write_params
 
 pytestmark = pytest.mark.slow
 
@@ -139,9 +139,10 @@ def assert_drew_offline(result: dict, revisions: int) -> None:
 
 
 @pytest.fixture(scope="module")
-def plots_project(tmp_path_factory) -> Path:
+def plots_project(reproduced_template, tmp_path_factory) -> Path:
     """A copy of the project run for three epochs and committed, then a workspace whose history differs."""
-    root = copy_project(tmp_path_factory.mktemp("plots") / "project")
+    # From the session's one-epoch run: only train, evaluate and save run again.
+    root = Path(shutil.copytree(reproduced_template, tmp_path_factory.mktemp("plots") / "project", symlinks=True))
     write_params(root, **{"train.epochs": 3, "save.min_accuracy": 0.5})
     dvc(root, "repro")
     commit_all(root, "three-epoch run")
