@@ -57,8 +57,12 @@ run: $(ENV)  ## run the pipeline (dvc repro) as a Prefect flow; starts the proje
 server-stop: $(ENV)  ## stop the project's background Prefect server that `make run` started
 	$(BIN)/python -m pipeline server-stop
 
-test: $(ENV)  ## run the whole test suite, real dvc pipelines included
-	$(BIN)/python -m pytest
+# Four workers on two cores: most of the slow tests wait on servers, workers and heartbeats, not on the CPU.
+# How the tests are spread over the workers: tests/conftest.py (pytest_xdist_make_scheduler).
+TEST_WORKERS ?= 4
+
+test: $(ENV)  ## run the whole test suite, real dvc pipelines included (TEST_WORKERS=4 pytest-xdist workers)
+	$(BIN)/python -m pytest -n $(TEST_WORKERS)
 
 test-fast: $(ENV)  ## unit tests only (no dvc runs)
 	$(BIN)/python -m pytest -m "not slow"
