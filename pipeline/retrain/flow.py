@@ -95,10 +95,12 @@ def outcome(state_name: str, result: dict, base: str, decision: GateDecision | N
                                                "resolved": bool(item.resolved)} for item in decision.resolution}}
     else:
         payload["champion"] = payload["challenger"] = metrics or {}
-    emit_event(event=PROMOTED_EVENT if result["branch"] else KEPT_EVENT,
-               resource={"prefect.resource.id": "classifier.model", "classifier.base": base,
-                         "classifier.branch": result["branch"] or ""},
-               payload=payload)
+    name = PROMOTED_EVENT if result["branch"] else KEPT_EVENT
+    emitted = emit_event(event=name, resource={"prefect.resource.id": "classifier.model", "classifier.base": base,
+                                               "classifier.branch": result["branch"] or ""}, payload=payload)
+    if emitted is None:  # Prefect logs why and carries on: say what an automation will not see
+        get_run_logger().warning("the %s event was not emitted: automations and notifications will not see "
+                                 "this outcome", name)
     return Completed(name=state_name, message=result["reason"], data=result)
 
 

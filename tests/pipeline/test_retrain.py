@@ -29,12 +29,14 @@ def retrain_branches(project) -> list[str]:
     return git(project, "branch", "--list", "retrain/*", "--format=%(refname:short)").split()
 
 
-def events_since(name: str, since: datetime, limit_s: float = 60) -> list[dict]:
-    """The events called `name` the test server received since `since`; the server stores events
-    in batches, so wait for the first one."""
+def events_of(state, name: str, limit_s: float = 60) -> list[dict]:
+    """The events called `name` that the flow run ending in `state` emitted (Prefect relates every event
+    emitted in a run to it); the server stores events in batches, so wait for the first one."""
     from prefect.settings import PREFECT_API_URL
 
-    query = {"filter": {"event": {"name": [name]}, "occurred": {"since": since.isoformat()}}, "limit": 50}
+    run = f"prefect.flow-run.{state.state_details.flow_run_id}"
+    since = (datetime.now(timezone.utc) - timedelta(hours=1)).isoformat()
+    query = {"filter": {"event": {"name": [name]}, "related": {"id": [run]}, "occurred": {"since": since}}, "limit": 50}
     deadline = time.monotonic() + limit_s
     while True:
         found = httpx.post(f"{PREFECT_API_URL.value()}/events/filter", json=query).raise_for_status().json()["events"]
@@ -43,17 +45,12 @@ def events_since(name: str, since: datetime, limit_s: float = 60) -> list[dict]:
         time.sleep(0.5)
 
 
-def started() -> datetime:
-    return datetime.now(timezone.utc) - timedelta(seconds=1)
-
-
 def test_nothing_changed_keeps_the_champion_and_trains_nothing(champion, tmp_path, prefect_harness):
-    since = started()
     state = retrain(repo=str(champion), base="main", workspace_root=str(tmp_path / "ws"), return_state=True)
     assert state.is_completed() and state.name == "No change"
     result = state.result()
     assert result["result"] == NO_CHANGE and result["branch"] is None
-    [kept] = events_since(KEPT_EVENT, since)
+    [kept] = events_of(state, KEPT_EVENT)
     assert kept["payload"]["verdict"] == NO_CHANGE and kept["payload"]["champion"]["accuracy"] > 0
     assert set(result["stages"].values()) == {"skipped"}
     assert retrain_branches(champion) == []
@@ -75,16 +72,17 @@ def test_a_better_model_is_committed_on_a_retrain_branch(champion, tmp_path, pre
     main_before = git(champion, "rev-parse", "main")
     status_before = git(champion, "status", "--porcelain")
 
-    since = started()
-    result = retrain(repo=str(champion), base="main", workspace_root=str(tmp_path / "ws"))
+    state = retrain(repo=str(champion), base="main", workspace_root=str(tmp_path / "ws"), return_state=True)
 
+    assert state.is_completed() and state.name == "Promoted"
+    result = state.result()
     branch = result["branch"]
     assert result["result"] == "promoted" and retrain_branches(champion) == [branch]
-    [promoted] = events_since(PROMOTED_EVENT, since)
+    [promoted] = events_of(state, PROMOTED_EVENT)
     assert promoted["payload"]["branch"] == branch and promoted["resource"]["classifier.branch"] == branch
     assert promoted["payload"]["challenger"]["accuracy"] >= promoted["payload"]["champion"]["accuracy"] - 0.025
     assert promoted["payload"]["reason"].startswith("promoted: ")
-    assert events_since(KEPT_EVENT, since, limit_s=0) == []
+    assert events_of(state, KEPT_EVENT, limit_s=0) == []
     assert branch.startswith("retrain/")
     new_lock = git(champion, "show", f"{branch}:dvc.lock")
     assert new_lock != git(champion, "show", "main:dvc.lock") and "epochs: 3" in new_lock
@@ -103,14 +101,13 @@ def test_a_worse_model_is_not_promoted_and_the_run_completes(champion, tmp_path,
     write_params(champion, **{"train.learning_rate": 1e-6, "save.min_accuracy": 0.0})
     commit_all(champion, "a learning rate too small to learn anything in one epoch")
     main_before = git(champion, "rev-parse", "main")
-    since = started()
 
     state = retrain(repo=str(champion), base="main", workspace_root=str(tmp_path / "ws"), return_state=True)
 
     assert state.is_completed() and state.name == "Not promoted", state
     assert state.message.startswith("not promoted (accuracy non-inferior")
     assert state.result()["result"] == NOT_PROMOTED and state.result()["branch"] is None
-    [kept] = events_since(KEPT_EVENT, since)
+    [kept] = events_of(state, KEPT_EVENT)
     assert kept["payload"]["verdict"] == NOT_PROMOTED and kept["payload"]["branch"] is None
     assert kept["payload"]["checks"]["accuracy non-inferior"] is False
     assert kept["payload"]["challenger"]["accuracy"] < kept["payload"]["champion"]["accuracy"]
