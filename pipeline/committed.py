@@ -14,8 +14,8 @@ from pathlib import Path
 
 from classifier.compare import IMPROVED, NO_CHANGE, REGRESSED, judge
 from pipeline.project import MODEL_PATH
-from pipeline.results import ResultsError, compare_policy, git_reader, read_snapshot, workspace_reader
-from pipeline.run.stages import lock_md5
+from pipeline.results import (ResultsError, compare_policy, git_reader, read_snapshot, same_published_model,
+                              workspace_reader)
 
 LABELS = {"accuracy": "accuracy", "macro_f1": "macro F1", "loss": "loss"}
 
@@ -27,8 +27,7 @@ def against_committed(project: Path, revision: str = "HEAD") -> str:
         current = read_snapshot(workspace_reader(project), "in the workspace")
     except ResultsError as error:
         return f"not comparable with the committed results: {error}"
-    model = lock_md5(current.lock, MODEL_PATH)
-    if model is not None and model == lock_md5(committed.lock, MODEL_PATH):
+    if same_published_model(committed.lock, current.lock):
         return f"same bytes as the committed model ({MODEL_PATH} at {revision})"
     if committed.results is None:
         return f"not comparable with the committed results: {revision} has no per-example results"

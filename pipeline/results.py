@@ -25,13 +25,14 @@ import yaml
 from classifier.cli import UserError
 from classifier.compare import PredictionsError, Results, read_predictions
 from classifier.params import CompareParams
-from pipeline.run.stages import stage_env
+from pipeline.run.stages import lock_md5, stage_env
 
 from pipeline.project import (  # the files read at every revision
     EVALUATION_PATH,
     HISTORY_PATH,
     LOCK_PATH,
     METRICS_PATH,
+    MODEL_PATH,
     PARAMS_PATH,
     PER_CLASS_PATH,
     PREDICTIONS_PATH,
@@ -114,6 +115,12 @@ def read_snapshot(read: Reader, where: str) -> Snapshot:
         lock=_parse(where, LOCK_PATH, read(LOCK_PATH), _mapping),
         params=_parse(where, PARAMS_PATH, read(PARAMS_PATH), _mapping),
     )
+
+
+def same_published_model(committed_lock: Mapping | None, current_lock: Mapping | None) -> bool:
+    """Whether two dvc.lock files record the same bytes for the published model."""
+    md5 = lock_md5(current_lock, MODEL_PATH)
+    return md5 is not None and md5 == lock_md5(committed_lock, MODEL_PATH)
 
 
 def compare_policy(params: Mapping | None, where: str) -> tuple[CompareParams | None, str | None]:

@@ -23,11 +23,12 @@ from pipeline.project import (
 )
 from pipeline.report import plots
 from pipeline.report.changes import (
-    ReportError, dvc_cache_dir, dvc_params_diff, dvc_plots, missing_base_note, model_hash, resolve, section_changes,
+    ReportError, dvc_params_diff, dvc_plots, missing_base_note, model_hash, resolve, section_changes,
     stage_changes, stage_order, uncommitted,
 )
 from pipeline.report.render import ClassMove, Figure, Report
 from pipeline.results import ResultsError, Snapshot, compare_policy, git_reader, read_snapshot, workspace_reader
+from pipeline.run.stages import dvc_cache_dir
 
 TOP_CLASSES = 5
 # The picture of flipped test images shows at most this many of each kind.

@@ -20,7 +20,7 @@ from classifier.files import file_digest
 from pipeline.project import MODEL_PATH, PARAMS_PATH, flatten
 from pipeline.report.escape import code
 from pipeline.results import git
-from pipeline.run.stages import PipelineError, lock_md5, stage_env, stage_names
+from pipeline.run.stages import PipelineError, cached_file, lock_md5, stage_env, stage_names
 
 
 class ReportError(UserError):
@@ -109,10 +109,8 @@ def model_hash(lock: Mapping | None, cache_dir: Path | None, workspace_file: Pat
     md5 = lock_md5(lock, MODEL_PATH)
     if md5 is None:
         return ModelHash(None, None, "no `models/model.pth` in dvc.lock")
-    if cache_dir is not None:
-        cached = cache_dir / "files" / "md5" / md5[:2] / md5[2:]
-        if cached.is_file():
-            return ModelHash("sha256", file_digest(cached), "from the DVC cache")
+    if (cached := cached_file(cache_dir, md5)) is not None:
+        return ModelHash("sha256", file_digest(cached), "from the DVC cache")
     if workspace_file is not None and workspace_file.is_file() and file_digest(workspace_file, "md5") == md5:
         return ModelHash("sha256", file_digest(workspace_file), "from the workspace")
     return ModelHash("md5", md5, "from dvc.lock; the file itself is not in this checkout")
@@ -171,11 +169,6 @@ def dvc_params_diff(repo: Path, base_sha: str) -> tuple[list[ParamChange] | None
     if payload is None:
         return None, f"`dvc params diff` failed: {_last_line(result)}"
     return params_changes(payload), None
-
-
-def dvc_cache_dir(repo: Path) -> Path | None:
-    result = _dvc(repo, "cache", "dir")
-    return Path(result.stdout.strip()) if result.returncode == 0 and result.stdout.strip() else None
 
 
 def dvc_plots(repo: Path, base_sha: str | None, out_dir: Path) -> tuple[str | None, str | None]:

@@ -17,7 +17,6 @@ Failed is for errors only: a stage failed, or the champion could not be judged.
 from __future__ import annotations
 
 import json
-import subprocess
 import tempfile
 import uuid
 from datetime import datetime, timezone
@@ -32,13 +31,13 @@ from prefect.states import Completed, State
 from classifier.compare import GateDecision
 
 from pipeline.device import check_device, require_device
-from pipeline.project import LOCK_PATH, METRICS_PATH, MODEL_PATH, PARAMS_PATH
+from pipeline.project import LOCK_PATH, METRICS_PATH, PARAMS_PATH
+from pipeline.results import git_reader, same_published_model
 from pipeline.retrain.gate import RECORD_PATH, GateError, decision_report, judge_challenger, write_record
 from pipeline.retrain.workspace import (
     RetrainError, close_workspace, dvc, git, has_dvc_remote, open_workspace, restore_outputs,
 )
 from pipeline.run.flow import train_pipeline
-from pipeline.run.stages import lock_md5
 
 NO_CHANGE = "no change: DVC reran and restored nothing, champion kept"
 SAME_MODEL = "no change: the retrained model is byte-identical to the champion, champion kept"
@@ -51,11 +50,9 @@ PROMOTED_EVENT, KEPT_EVENT = "classifier.model.promoted", "classifier.model.kept
 def same_model_as_champion(workspace: Path, base: str) -> bool:
     """A rerun can reproduce the champion exactly (say, the device class was pinned to the one
     it was trained on): then there is nothing to promote."""
-    shown = subprocess.run(["git", "show", f"{base}:dvc.lock"], cwd=workspace, capture_output=True, text=True)
-    if shown.returncode != 0:
-        return False
-    champion = lock_md5(yaml.safe_load(shown.stdout), MODEL_PATH)
-    return champion is not None and champion == lock_md5(yaml.safe_load((workspace / LOCK_PATH).read_text()), MODEL_PATH)
+    champion = git_reader(workspace, base)(LOCK_PATH)
+    return champion is not None and same_published_model(yaml.safe_load(champion),
+                                                         yaml.safe_load((workspace / LOCK_PATH).read_text()))
 
 
 def promote(workspace: Path, cloned: bool, pushed_to_remote: bool) -> str:

@@ -29,7 +29,7 @@ from classifier.compare import GateDecision, Results, gate, read_predictions
 from classifier.files import file_digest
 from pipeline.project import MODEL_CARD_PATH, MODEL_PATH, PARAMS_PATH, PREPARED_PATH, lookup
 from pipeline.results import ResultsError, Snapshot, compare_policy, git_reader, read_snapshot, workspace_reader
-from pipeline.run.stages import lock_md5, stage_env
+from pipeline.run.stages import cached_file, dvc_cache_dir, lock_md5, stage_env
 
 # Written by a promotion, beside the metrics it judged: {"test_fingerprint", "best_accuracy"}.
 RECORD_PATH = "metrics/best.json"
@@ -151,14 +151,12 @@ def rescore_champion(workspace: Path, base: str, champion: Snapshot, challenger:
 def champion_model(workspace: Path, base: str, lock: dict | None, folder: Path) -> tuple[Path, Path]:
     """BASE's published model and card, copied into `folder` from the DVC cache (shared with the repo),
     or else fetched with `dvc get` (its remote); the model checked against the card's sha256."""
-    cache = subprocess.run([sys.executable, "-m", "dvc", "cache", "dir"], cwd=workspace, env=stage_env(),
-                           capture_output=True, text=True).stdout.strip()
+    cache = dvc_cache_dir(workspace)
     copies = {}
     for path in (MODEL_PATH, MODEL_CARD_PATH):
         target = folder / Path(path).name
         md5 = lock_md5(lock, path)
-        cached = Path(cache) / "files" / "md5" / md5[:2] / md5[2:] if cache and md5 else None
-        if cached is not None and cached.is_file():
+        if (cached := cached_file(cache, md5)) is not None:
             target.write_bytes(cached.read_bytes())
         else:
             got = subprocess.run([sys.executable, "-m", "dvc", "get", ".", path, "--rev", base, "-o", str(target)],

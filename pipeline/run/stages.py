@@ -257,3 +257,18 @@ def lock_md5(lock: Mapping | None, path: str) -> str | None:
             if entry.get("path") == path:
                 return entry.get("md5")
     return None
+
+
+def dvc_cache_dir(repo: Path) -> Path | None:
+    """The DVC cache `repo` uses (a retrain worktree shares its repo's), or None when DVC cannot say."""
+    result = subprocess.run([sys.executable, "-m", "dvc", "cache", "dir"], cwd=repo, capture_output=True, text=True,
+                            env=stage_env())
+    return Path(result.stdout.strip()) if result.returncode == 0 and result.stdout.strip() else None
+
+
+def cached_file(cache_dir: Path | None, md5: str | None) -> Path | None:
+    """The file DVC's cache holds for an out of this md5 (cache layout 3.x), or None when it holds none."""
+    if cache_dir is None or not md5:
+        return None
+    path = cache_dir / "files" / "md5" / md5[:2] / md5[2:]
+    return path if path.is_file() else None

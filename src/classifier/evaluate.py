@@ -30,10 +30,9 @@ import pandas as pd
 import torch
 
 from classifier.cli import run, stage_parser
-from classifier.data import Normalization, load_prepared
+from classifier.data import InMemorySplit, Normalization, load_prepared
 from classifier.files import atomic_write_json, atomic_write_text
 from classifier.images import pixel_hashes
-from classifier.data import InMemorySplit
 from classifier.model import NeuralNetwork, logits_for, resolve_device, to_device, to_host
 from classifier.serialization import load_file
 
