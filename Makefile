@@ -96,6 +96,9 @@ pr-comment:  ## post OUT/comment.md on pull request PR, editing your last commen
 # Scaling out (docs/scaling-out.md): one server, a worker per machine and pool, deployments.
 PREFECT_HOST ?= 127.0.0.1
 PREFECT_PORT ?= 4200
+# The address people browse to: the UI asks the API at $(SERVER_URL)/api, and the links the server and the
+# clients print start with it. Give it wherever that is not PREFECT_HOST (0.0.0.0, a proxy): docs/scaling-out.md.
+SERVER_URL ?= http://$(if $(findstring :,$(PREFECT_HOST)),[$(PREFECT_HOST)],$(PREFECT_HOST)):$(PREFECT_PORT)
 POOL ?= cpu
 
 # The server's auth string (docs/scaling-out.md, "Authentication"): PREFECT_SERVER_API_AUTH_STRING on the server and
@@ -109,6 +112,7 @@ run retrain worker deploy data-updated sweep: export PREFECT_API_AUTH_STRING := 
 endif
 endif
 NO_AUTH_STRING = refusing to serve on $(PREFECT_HOST) without an auth string: run 'make auth-string' (writes $(PREFECT_AUTH_FILE)) or export PREFECT_SERVER_API_AUTH_STRING
+NO_SERVER_URL = SERVER_URL=$(SERVER_URL) is no address a browser can open (0.0.0.0 and :: mean every interface): give the one users browse to, e.g. make server PREFECT_HOST=$(PREFECT_HOST) SERVER_URL=http://$$(hostname):$(PREFECT_PORT)
 
 .PHONY: server worker deploy retrain auth-string
 
@@ -117,14 +121,24 @@ auth-string:  ## write a new random auth string to PREFECT_AUTH_FILE (mode 600);
 	@echo "make auth-string: wrote a new auth string to $(PREFECT_AUTH_FILE); copy it to each worker's checkout, then restart the server and the workers"
 
 # Beyond loopback the server answers only clients that hold its auth string; on loopback one is optional.
-server: $(ENV)  ## start a Prefect server on PREFECT_HOST:PREFECT_PORT (default 127.0.0.1:4200); beyond loopback, with authentication
+# Prefect builds the UI's API address from its settings, not from --port (4200 unless told): it is told SERVER_URL.
+server: $(ENV)  ## start a Prefect server on PREFECT_HOST:PREFECT_PORT (default 127.0.0.1:4200), its UI at SERVER_URL; beyond loopback, with authentication
 	@secret="$${PREFECT_SERVER_API_AUTH_STRING:-$$(cat '$(PREFECT_AUTH_FILE)' 2>/dev/null)}"; \
 	case '$(PREFECT_HOST)' in 127.*|localhost|::1) ;; *) if [ -z "$$secret" ]; then echo "make server: $(NO_AUTH_STRING)" >&2; exit 2; fi;; esac; \
+	case '$(SERVER_URL)' in *://0.0.0.0|*://0.0.0.0[:/]*|*'://[::]'*) echo "make server: $(NO_SERVER_URL)" >&2; exit 2;; esac; \
 	if [ -n "$$secret" ]; then export PREFECT_SERVER_API_AUTH_STRING="$$secret"; echo "make server: authentication on (clients need PREFECT_API_AUTH_STRING or $(PREFECT_AUTH_FILE))"; \
 	else unset PREFECT_SERVER_API_AUTH_STRING; fi; \
+	echo "make server: the UI, and the links runs print, at $(SERVER_URL) (SERVER_URL: give make worker, deploy, sweep and retrain the same)"; \
+	export PREFECT_SERVER_UI_API_URL='$(SERVER_URL)/api' PREFECT_UI_URL='$(SERVER_URL)'; \
 	exec $(BIN)/prefect server start --host '$(PREFECT_HOST)' --port '$(PREFECT_PORT)'
 
-worker deploy data-updated: export PREFECT_API_URL ?= http://$(PREFECT_HOST):$(PREFECT_PORT)/api
+worker deploy data-updated: export PREFECT_API_URL ?= $(SERVER_URL)/api
+# A SERVER_URL given (command line or environment) is also where the clients' links point, and `make retrain`'s
+# server; without one, Prefect makes the links from PREFECT_API_URL and make retrain uses the project's local server.
+ifneq ($(origin SERVER_URL),file)
+worker deploy data-updated sweep retrain: export PREFECT_UI_URL ?= $(SERVER_URL)
+retrain: export PREFECT_API_URL ?= $(SERVER_URL)/api
+endif
 
 # This project's flows send a heartbeat event every 30 s wherever they run (deployments: prefect.yaml's
 # job_variables; make run and make retrain: python -m pipeline's default), so that the
@@ -153,7 +167,7 @@ REMOTE ?= storage
 # make sweep GRID="-S 'train.learning_rate=0.0003,0.001' -S 'model.hidden_sizes=[256,256],[512,512]'"
 GRID ?=
 SWEEP_FLAGS ?=
-sweep bench-sweep: export PREFECT_API_URL ?= http://$(PREFECT_HOST):$(PREFECT_PORT)/api
+sweep bench-sweep: export PREFECT_API_URL ?= $(SERVER_URL)/api
 
 .PHONY: remote sweep bench-sweep
 

@@ -156,6 +156,38 @@ def reproduced_project(reproduced_template: Path, tmp_path: Path) -> Path:
     return Path(shutil.copytree(reproduced_template, tmp_path / "project", symlinks=True))
 
 
+# Chromium's flags for pages that must not reach the network: no proxy that answers and no name that
+# resolves, so a request that slipped past a page's route (a service worker, a prefetch) still reaches
+# nothing; loopback addresses bypass the proxy, so a local server stays reachable.
+OFFLINE_ARGS = ["--proxy-server=127.0.0.1:9", "--host-resolver-rules=MAP * ~NOTFOUND", "--no-first-run"]
+
+
+def find_chromium() -> str | None:
+    return next(filter(None, (shutil.which(name) for name in ("chromium", "chromium-browser"))), None)
+
+
+@pytest.fixture(scope="session")
+def chromium() -> str:
+    """Path of Debian's chromium (the browser tests drive it with Playwright), installed with apt-get when missing."""
+    found = find_chromium()
+    if found:
+        return found
+    apt = shutil.which("apt-get")
+    if apt is None or os.geteuid() != 0:
+        message = "chromium is not installed and apt-get cannot install it here (needs Debian and root): apt-get install chromium"
+        if os.environ.get("CI"):
+            pytest.fail(message)
+        pytest.skip(message)
+    env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
+    for command in ([apt, "update", "-qq"], [apt, "install", "-y", "-qq", "--no-install-recommends", "chromium"]):
+        result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=900)
+        if result.returncode != 0:
+            pytest.fail(f"{' '.join(command)} failed ({result.returncode}):\n{result.stdout[-2000:]}\n{result.stderr[-2000:]}")
+    found = find_chromium()
+    if not found:
+        pytest.fail("apt-get installed chromium but no chromium executable is on PATH")
+    return found
+
 
 # Parallel workers already fill the cores: torch's own threads would only fight over them, and OpenMP
 # threads spin while they wait. One thread setting for the whole run (same-bytes claims hold per setting).

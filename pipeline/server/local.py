@@ -6,6 +6,11 @@ process, more than the whole of a no-op run. This one starts once (about 10 s), 
 a free port of 127.0.0.1, keeps its database and log under `.prefect/local-server/`, and
 stays up until `make server-stop`. Its address and pid are in `.prefect/local-server.json`;
 a stale file (the server died) is noticed by its health check and the server restarted.
+
+Its UI asks the API at the address in `/ui-settings`, which Prefect builds from settings, not from
+`--port` (127.0.0.1:4200 unless told), so the server is told its own address
+(PREFECT_SERVER_UI_API_URL, and PREFECT_UI_URL for the links it makes); one found serving another
+(started by an older checkout) is restarted. Then every "View at" link a run prints opens the run.
 """
 
 from __future__ import annotations
@@ -59,6 +64,15 @@ def healthy(url: str, timeout_s: float = 2.0) -> bool:
         return False
     except OSError:
         return False
+
+
+def ui_api_url(url: str, timeout_s: float = 2.0) -> str | None:
+    """The API address the UI of the server at `url` (an API URL) asks; None when it serves no UI."""
+    try:
+        with urllib.request.urlopen(f"{url.removesuffix('/api')}/ui-settings", timeout=timeout_s) as response:
+            return json.load(response).get("api_url")
+    except (OSError, ValueError):
+        return None
 
 
 def _free_port() -> int:
@@ -116,16 +130,23 @@ def ensure_server(home: Path, say: Callable[[str], None]) -> str:
     with _locked(home):
         state = _read_state(home)
         if state and healthy(state["url"]):
-            return state["url"]
+            served = ui_api_url(state["url"])
+            if served == state["url"]:
+                return state["url"]
+            say(f"restarting the project's local Prefect server: its UI asks {served or 'no address'} for the API, "
+                f"not its own {state['url']}, so the links runs print open an error page")
         if state and _alive(state["pid"]):
-            _stop(state["pid"])  # up but not answering: a wedged server holds the database
+            _stop(state["pid"])  # up but not answering (a wedged server holds the database), or a wrong UI
         server_home = home / SERVER_DIR
         server_home.mkdir(parents=True, exist_ok=True)
         log_path = server_home / "server.log"
         port = _free_port()
         url = f"http://127.0.0.1:{port}/api"
+        # The UI (on whatever the environment says: the links runs print open it) asks the server's own address, not
+        # Prefect's default of port 4200's; the settings' own names outrank PREFECT_UI_API_URL and PREFECT_UI_ENABLED.
         env = {**os.environ, "PREFECT_HOME": str(server_home), "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-               "DO_NOT_TRACK": "1"}
+               "DO_NOT_TRACK": "1", "PREFECT_SERVER_UI_ENABLED": "true", "PREFECT_SERVER_UI_API_URL": url,
+               "PREFECT_UI_URL": url.removesuffix("/api")}
         env.pop("PREFECT_API_URL", None)
         # Loopback only, and unauthenticated: a server's auth string exported for `make server` stays out.
         env.pop("PREFECT_SERVER_API_AUTH_STRING", None)

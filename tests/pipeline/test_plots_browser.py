@@ -2,9 +2,9 @@
 
 Chromium is Debian's `chromium` package, driven by Playwright (its own browser builds are
 downloads, which this project cannot rely on). When it is missing and apt-get can run, the
-`chromium` fixture installs it; without apt-get the tests skip, saying so, except under CI,
-where they fail. Screenshots and the console log of each page go to test-artifacts/plots/
-(git-ignored; TEST_ARTIFACTS moves it).
+`chromium` fixture (tests/conftest.py) installs it; without apt-get the tests skip, saying so,
+except under CI, where they fail. Screenshots and the console log of each page go to
+test-artifacts/plots/ (git-ignored; TEST_ARTIFACTS moves it).
 """
 
 from __future__ import annotations
@@ -13,47 +13,16 @@ import csv
 import io
 import os
 import shutil
-import subprocess
 from pathlib import Path
 
 import pytest
 import yaml
 
-from tests.conftest import PROJECT_ROOT, commit_all, dvc, write_params
+from tests.conftest import OFFLINE_ARGS, PROJECT_ROOT, commit_all, dvc, write_params
 
 pytestmark = pytest.mark.slow
 
 ARTIFACTS = Path(os.environ.get("TEST_ARTIFACTS", PROJECT_ROOT / "test-artifacts")) / "plots"
-# No proxy that answers and no name that resolves: a request that slipped past the route
-# below (a service worker, a prefetch) still cannot reach anything.
-OFFLINE_ARGS = ["--proxy-server=127.0.0.1:9", "--host-resolver-rules=MAP * ~NOTFOUND", "--no-first-run"]
-
-
-def find_chromium() -> str | None:
-    return next(filter(None, (shutil.which(name) for name in ("chromium", "chromium-browser"))), None)
-
-
-@pytest.fixture(scope="session")
-def chromium() -> str:
-    """Path of Debian's chromium, installed with apt-get when missing."""
-    found = find_chromium()
-    if found:
-        return found
-    apt = shutil.which("apt-get")
-    if apt is None or os.geteuid() != 0:
-        message = "chromium is not installed and apt-get cannot install it here (needs Debian and root): apt-get install chromium"
-        if os.environ.get("CI"):
-            pytest.fail(message)
-        pytest.skip(message)
-    env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
-    for command in ([apt, "update", "-qq"], [apt, "install", "-y", "-qq", "--no-install-recommends", "chromium"]):
-        result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=900)
-        if result.returncode != 0:
-            pytest.fail(f"{' '.join(command)} failed ({result.returncode}):\n{result.stdout[-2000:]}\n{result.stderr[-2000:]}")
-    found = find_chromium()
-    if not found:
-        pytest.fail("apt-get installed chromium but no chromium executable is on PATH")
-    return found
 
 
 @pytest.fixture(scope="module")
