@@ -19,6 +19,7 @@ import itertools
 import statistics
 import sys
 import time
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -59,10 +60,21 @@ def equally_good_tables(prepared: Path, params, models: int) -> list[pd.DataFram
 
 def judge_pairs(tables: list[pd.DataFrame], policy: CompareParams) -> None:
     decisions = [gate(tables[a], tables[b], policy, None) for a, b in itertools.permutations(range(len(tables)), 2)]
-    promoted = sum(decision.promote for decision in decisions)
     effect = policy.min_effect
-    print(f"\nmin_effect accuracy {effect.accuracy:g}, macro F1 {effect.macro_f1:g}, loss {effect.loss:g}: "
-          f"{promoted} of {len(decisions)} equally good challengers promoted ({promoted / len(decisions):.0%})")
+    print(f"\nmin_effect accuracy {effect.accuracy:g}, macro F1 {effect.macro_f1:g}, loss {effect.loss:g}:")
+    for tolerant in (False, True):
+        # The same decisions without the "not measurably worse" checks: the gate with the knob on.
+        promoted = sum(all(passed for check, passed in decision.checks.items()
+                           if not (tolerant and check.endswith("not measurably worse")))
+                       for decision in decisions)
+        print(f"  tolerate_detected_worsening {str(tolerant).lower()}: {promoted} of {len(decisions)} equally good "
+              f"challengers promoted ({promoted / len(decisions):.0%})")
+    verdicts = Counter(str(decision.judgement.verdict) for decision in decisions)
+    print("  verdicts: " + "; ".join(f"{verdict} {count}" for verdict, count in verdicts.most_common()))
+    for name in METRICS:
+        worse = sum(metric.verdict.worse for decision in decisions for metric in decision.judgement.metrics
+                    if metric.name == name)
+        print(f"  {name} measurably worse in {worse} of {len(decisions)}")
     discordant = [decision.paired.base_only + decision.paired.head_only for decision in decisions]
     print(f"  discordant test images per pair: median {statistics.median(discordant):g}, "
           f"range {min(discordant)}-{max(discordant)}")

@@ -4,21 +4,19 @@ Floating-point training is reproducible on one machine (same CPU, threads, torch
 across machines: another CPU's SIMD kernels sum in another order, so a fresh clone retrains a
 slightly different model. Whether that matters is a question for the same paired statistics
 the pull-request report uses (classifier.compare, under HEAD's `compare` policy), not for a
-hash: the answer is one of *same bytes*, *reproduces the committed results within noise*,
-*differs from the committed results* or *not comparable*, with its numbers.
+hash: the answer is one of *same bytes*, *reproduces the committed results within noise* (nothing
+detected, and nothing as large as matters could hide), *differs from the committed results* (a change
+detected, with its verdict), *may differ ..., this test set cannot tell*, or *not comparable*, with its numbers.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from classifier.compare import IMPROVED, NO_CHANGE, REGRESSED, judge
+from classifier.compare import NO_CHANGE, SEVERITY, headline, judge
 from pipeline.project import MODEL_PATH
 from pipeline.results import (ResultsError, compare_policy, git_reader, read_snapshot, same_published_model,
                               workspace_reader)
-
-LABELS = {"accuracy": "accuracy", "macro_f1": "macro F1", "loss": "loss"}
-
 
 def against_committed(project: Path, revision: str = "HEAD") -> str:
     """One line: how the workspace's results compare with those committed at `revision`."""
@@ -37,12 +35,13 @@ def against_committed(project: Path, revision: str = "HEAD") -> str:
     if policy is None:
         return f"not comparable with the committed results: {problem}"
     judgement = judge(committed.results, current.results, policy)
-    if judgement.verdict not in (NO_CHANGE, IMPROVED, REGRESSED):
+    if judgement.verdict not in SEVERITY:  # new, not comparable, could not judge
         return f"not comparable with the committed results: {judgement.reason}"
     paired = judgement.paired
     numbers = (f"{paired.n:,} paired test images, {paired.base_only} right only in the committed model and "
-               f"{paired.head_only} only in this one (McNemar p = {paired.p_value:.2g}); "
-               + ", ".join(f"{LABELS[metric.name]} {metric.delta:+.4f}" for metric in judgement.metrics))
+               f"{paired.head_only} only in this one (McNemar p = {paired.p_value:.2g})")
     if judgement.verdict == NO_CHANGE:
-        return f"reproduces the committed results within noise: {numbers}"
-    return f"differs from the committed results ({judgement.verdict}): {numbers}"
+        return f"reproduces the committed results within noise: {headline(judgement)}; {numbers}"
+    if judgement.verdict.detected:
+        return f"differs from the committed results: {headline(judgement)}; {numbers}"
+    return f"may differ from the committed results, this test set cannot tell: {headline(judgement)}; {numbers}"

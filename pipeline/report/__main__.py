@@ -9,7 +9,9 @@ per-example results and params are git-tracked), the head is the workspace. Gath
 judging is pipeline.report.build (under the BASE's `compare` policy), the markdown
 pipeline.report.render.
 
-Exit status: 0 report written; with --fail-on-regression, 1 when the verdict is *regressed*
+Exit status: 0 report written; with --fail-on-regression, 1 when the head may be worse by as much
+as matters (the verdict is *worse by more than matters*, *worse, perhaps by enough to matter*, or
+*cannot tell* with a worsening that matters inside the interval; classifier.compare.Verdict.fails),
 and 2 when nothing could be judged (*not comparable*: different test sets; *could not judge*:
 the base is not in the clone, or its results or policy cannot be read). 2 also for a problem to
 fix first (no results in the workspace, not a git repo).
@@ -24,7 +26,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from classifier.cli import run
-from classifier.compare import exit_status
+from classifier.compare import exit_status, headline
 from classifier.files import atomic_write_text
 from pipeline.report.build import build_report
 from pipeline.report.changes import repo_root
@@ -38,7 +40,7 @@ def generate(argv: Sequence[str] | None) -> int:
     parser.add_argument("--base", default="main", help="git revision to compare the workspace with (default: %(default)s)")
     parser.add_argument("--out", type=Path, default=Path("report"), help="folder to write into (default: %(default)s)")
     parser.add_argument("--fail-on-regression", action="store_true",
-                        help="exit 1 on a regression, 2 when base and head could not be compared")
+                        help="exit 1 when the head may be worse by as much as matters, 2 when base and head could not be compared")
     parser.add_argument("--artifacts-url", help="where comment.md says the images are (the CI run's artifacts page)")
     args = parser.parse_args(argv)
 
@@ -48,18 +50,17 @@ def generate(argv: Sequence[str] | None) -> int:
     atomic_write_text(out_dir / "report.md", render_markdown(report))
     atomic_write_text(out_dir / "comment.md", render_markdown(report, inline_images=False, artifacts_url=args.artifacts_url))
     log.info("wrote %s (%d images)", out_dir / "report.md", len(report.figures))
-    verdict = report.judgement.verdict
-    log.info("verdict against %s: %s (%s)", args.base, verdict, report.judgement.reason)
+    judgement = report.judgement
+    log.info("verdict against %s: %s (%s)", args.base, headline(judgement), judgement.reason)
 
-    status = exit_status(verdict)
+    status = exit_status(judgement.verdict)
     if not args.fail_on_regression or status == 0:
         return 0
     if status == 1:
-        names = ", ".join(f"{metric.name} {metric.delta:+.4f}" for metric in report.judgement.metrics
-                          if metric.verdict == verdict)
-        print(f"regressed against {args.base}: {names}", file=sys.stderr)
+        print(f"may be worse than {args.base} by as much as matters: {headline(judgement)}", file=sys.stderr)
     else:
-        print(f"{verdict} against {args.base}: {report.judgement.reason}; no regression could be judged", file=sys.stderr)
+        print(f"{judgement.verdict} against {args.base}: {judgement.reason}; no regression could be judged",
+              file=sys.stderr)
     return status
 
 

@@ -6,25 +6,13 @@ import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from classifier.compare import (
-    COULD_NOT_JUDGE, HIGHER_IS_BETTER, IMPROVED, NEW, NO_CHANGE, NOT_COMPARABLE, REGRESSED, Judgement,
-)
+from classifier.compare import HIGHER_IS_BETTER, MEANING, NOT_COMPARABLE, Judgement, changes_by_verdict
 from classifier.params import CompareParams
 from pipeline.project import MODEL_PATH, PARAMS_PATH
 from pipeline.report.changes import ModelHash, ParamChange, StageChange
 from pipeline.report.escape import code, text
 
 DECIMALS = 4
-# Said once under the verdict, so a reviewer who never met McNemar can read the table.
-HOW_TO_READ = {
-    IMPROVED: "The head is better, by more than noise and by at least the smallest change that matters.",
-    REGRESSED: "The head is worse, by more than noise and by at least the smallest change that matters.",
-    NO_CHANGE: ("No change this test set can tell from noise, or none as large as the smallest change that "
-                "matters: the interval shows how large a change could still hide."),
-    NEW: "The base has no per-example results, so every number is new and nothing can regress.",
-    NOT_COMPARABLE: "Base and head were scored on different test images, so their numbers cannot be compared.",
-    COULD_NOT_JUDGE: "Nothing could be judged; the note above says why.",
-}
 
 
 @dataclass(frozen=True)
@@ -96,7 +84,12 @@ def p_value_text(p_value: float) -> str:
 
 def verdict_lines(report: Report) -> list[str]:
     judgement = report.judgement
-    lines = [f"**Verdict: {judgement.verdict}.** {HOW_TO_READ[judgement.verdict]}", ""]
+    # The words first, each metric's change beside them: the line a reviewer reads is the judgement.
+    groups = changes_by_verdict(judgement)
+    line = f"**Verdict: {judgement.verdict}**"
+    if groups:
+        line += f" ({groups[0][1]})" + "".join(f"; {verdict} ({changes})" for verdict, changes in groups[1:])
+    lines = [line + ".", "", MEANING[judgement.verdict], ""]
     if judgement.paired is not None:
         paired = judgement.paired
         lines += [f"{paired.n:,} test images scored by both models: {paired.base_only} right only at base, "
@@ -122,7 +115,7 @@ def metrics_lines(report: Report) -> list[str]:
         better = "higher" if HIGHER_IS_BETTER[metric.name] else "lower"
         interval = "—" if metric.low is None else f"{_signed(metric.low)} to {_signed(metric.high)}"
         min_effect = "—" if metric.min_effect is None else f"{metric.min_effect:g}"
-        verdict = f"**{metric.verdict}**" if metric.verdict == REGRESSED else metric.verdict
+        verdict = f"**{metric.verdict}**" if metric.verdict.worse or metric.verdict.fails else str(metric.verdict)
         lines.append(f"| {metric.name} | {better} | {_number(metric.base)} | {_number(metric.head)} | "
                      f"{_signed(metric.delta)} | {interval} | {min_effect} | {verdict} |")
     lines.append("")

@@ -25,7 +25,7 @@ import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
-from classifier.compare import GateDecision, Results, gate, read_predictions
+from classifier.compare import MEANING, GateDecision, Results, gate, headline, read_predictions
 from classifier.files import file_digest
 from pipeline.project import MODEL_CARD_PATH, MODEL_PATH, PARAMS_PATH, PREPARED_PATH, lookup
 from pipeline.results import ResultsError, Snapshot, compare_policy, git_reader, read_snapshot, workspace_reader
@@ -178,14 +178,22 @@ def write_record(workspace: Path, decision: GateDecision, fingerprint: str) -> N
 
 
 def decision_report(decision: GateDecision, base: str, branch: str | None) -> str:
+    """The `retrain-comparison` artifact: the verdict in the pull-request report's words, then the gate's checks."""
+    judgement = decision.judgement
+    level = f"{judgement.confidence:.0%}"
     lines = [f"# Retrain against the champion at `{base}`", "",
-             "| metric | champion | new | lower bound of the gain | passes |", "|---|---|---|---|---|"]
-    for name, lower in decision.gain_lower_bounds.items():
-        passed = decision.checks.get(f"{name} non-inferior")
-        lines.append(f"| {name} | {decision.champion[name]:.4f} | {decision.challenger[name]:.4f} | "
-                     f"{lower:+.4f} | {'yes' if passed else 'no'} |")
+             f"**Verdict: {headline(judgement)}.** {MEANING[judgement.verdict]}", "",
+             f"| metric | champion | new | change | {level} interval | verdict | lower bound of the gain | non-inferior |",
+             "|---|---|---|---|---|---|---|---|"]
+    for metric in judgement.metrics:
+        passed = decision.checks.get(f"{metric.name} non-inferior")
+        lines.append(f"| {metric.name} | {metric.base:.4f} | {metric.head:.4f} | {metric.delta:+.4f} | "
+                     f"{metric.low:+.4f} to {metric.high:+.4f} | {metric.verdict} | "
+                     f"{decision.gain_lower_bounds[metric.name]:+.4f} | {'yes' if passed else 'no'} |")
     paired = decision.paired
-    lines += ["", f"Accuracy floor (best promoted minus min_effect): {decision.floor:.4f}.",
+    lines += ["", "The gate's checks: " + "; ".join(f"{check} {'yes' if passed else '**no**'}"
+                                                     for check, passed in decision.checks.items()) + ".",
+              f"Accuracy floor (best promoted minus min_effect): {decision.floor:.4f}.",
               f"Paired examples: {paired.n}; right only for the champion {paired.base_only}, "
               f"only for the new model {paired.head_only} (McNemar p = {paired.p_value:.3g}).", "",
               decision.reason, "",

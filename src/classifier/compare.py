@@ -1,4 +1,4 @@
-"""Judging: is a model better than, worse than, or indistinguishable from another on the same test images?
+"""Judging: is a model better or worse than another on the same test images, and by as much as matters?
 
 Pure: pandas, numpy and scipy.stats; no torch, git or DVC. The inputs are per-example tables
 (evaluate's `metrics/predictions.csv`) and the BASE revision's `compare` policy
@@ -14,36 +14,53 @@ API
 - `judge(base, head, policy) -> Judgement`: `base` and `head` are `Results` (the test split's
   fingerprint and the table); `base` is None when the base has no results; `policy` is the
   base's (None when it has none, which gives COULD_NOT_JUDGE for comparable results). The
-  verdict is NEW (no base), NOT_COMPARABLE (different test sets), IMPROVED, REGRESSED or NO_CHANGE.
-  `cannot_judge(head, reason)` is the Judgement for a base whose results or policy are unreadable.
-- `exit_status(verdict)`: 0, 1 for REGRESSED, 2 for NOT_COMPARABLE / COULD_NOT_JUDGE.
+  verdict is a `Verdict` (below): NEW (no base), NOT_COMPARABLE (different test sets), or what
+  the intervals say. `cannot_judge(head, reason)` is the Judgement for a base whose results or
+  policy are unreadable.
+- `headline(judgement)`: the verdict in one line with each metric's change, the words every
+  judgement prints (the report, its exit message, make run's closing line, the retrain's state,
+  event and artifact); `changes_by_verdict` gives its parts, `MEANING` one sentence per verdict.
+- `exit_status(verdict)`: 0; 1 when the head may be worse by as much as matters
+  (`Verdict.fails`); 2 for NOT_COMPARABLE / COULD_NOT_JUDGE.
 - `gate(champion, challenger, policy, best_accuracy) -> GateDecision`: the retrain gate on two
-  tables of the same test split; `.promote`, `.reason`, `.best_accuracy` (the record to keep
-  after this decision) and the numbers.
+  tables of the same test split; `.promote`, `.reason`, `.judgement` (the same words as the
+  report), `.best_accuracy` (the record to keep after this decision) and the numbers.
 - Both carry `.resolution`: per metric, the smallest margin this test split can resolve (below).
 
 The statistics
 
 - Accuracy: an exact McNemar test. Only the discordant pairs (right at base and wrong at head,
   or the reverse) carry information; under "no change" each is a fair coin, so the p-value is
-  `scipy.stats.binomtest(head_only, base_only + head_only, 0.5)`.
-- Accuracy, macro F1 and mean loss: a paired bootstrap (`scipy.stats.bootstrap(paired=True)`,
-  percentile intervals, a fixed seed so the same inputs give the same report): test examples are
-  resampled with replacement, the same ones for both sides, and the delta head - base recomputed.
-- A metric is *improved* or *regressed* only when its (1 - alpha) interval excludes zero (for
-  accuracy, also McNemar p < alpha) AND the delta is at least `min_effect`; otherwise it is *no
-  detectable change*. The overall verdict is *regressed* if any metric regressed, else *improved*
-  if any improved, else *no detectable change*.
+  `scipy.stats.binomtest(head_only, base_only + head_only, 0.5)`, and the interval of the change
+  is the one that test inverts (`accuracy_interval`): it excludes 0 exactly when p < alpha.
+- Macro F1 and mean loss: a paired bootstrap (`scipy.stats.bootstrap(paired=True)`, percentile
+  intervals, a fixed seed so the same inputs give the same report): test examples are resampled
+  with replacement, the same ones for both sides, and the delta head - base recomputed.
+
+The words: what a metric's (1 - alpha) interval of the change says, against min_effect (m)
+
+- *no detectable change*: the interval holds 0 and lies within +-m;
+- *better / worse, but by less than matters*: it excludes 0 and lies within +-m: a real change,
+  smaller than the smallest change that matters;
+- *better / worse, perhaps by enough to matter*: it excludes 0 and crosses m;
+- *better / worse by more than matters*: all of it lies beyond m (IMPROVED / REGRESSED);
+- *cannot tell: perhaps better / worse / better or worse by enough to matter*: it holds 0 and
+  crosses m on that side: the test set is too small to tell.
+The overall verdict is the most severe of the metrics' (SEVERITY): a mixed result is judged by
+its worst news, so a detected worsening is never summed up without the word "worse".
 
 The gate, and why a chain of promotions cannot drift
 
 A challenger is promoted only when (1) it is non-inferior to the champion on every metric: the
 one-sided (1 - alpha) lower bound of its gain (head - base; base - head for loss) is above
--min_effect, and (2) its accuracy is at least `best_accuracy - min_effect.accuracy`, where
+-min_effect; (2) it is not measurably worse (the verdict says "worse": the interval excludes 0 on
+the worse side) on any metric the policy's `keep_out_measurably_worse` names (by default accuracy
+and macro F1); and (3) its accuracy is at least `best_accuracy - min_effect.accuracy`, where
 `best_accuracy` is the best accuracy ever promoted on this test split (None: no record yet, and
 the champion's accuracy stands in).
 (1) alone lets each step lose a little less than min_effect, and five steps lose five times that;
-(2) bounds the whole chain: no promoted model is ever more than min_effect below the best one.
+(2) keeps out each such step once the test set can see it; (3) bounds the whole chain: no
+promoted model is ever more than min_effect below the best one.
 
 Resolution: what the test split can tell apart
 
@@ -61,6 +78,7 @@ from __future__ import annotations
 import io
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from enum import StrEnum
 
 import numpy as np
 import pandas as pd
@@ -73,8 +91,79 @@ METRICS = ("accuracy", "macro_f1", "loss")
 # Which way is better for each test metric.
 HIGHER_IS_BETTER = {"accuracy": True, "macro_f1": True, "loss": False}
 
-IMPROVED, REGRESSED, NO_CHANGE = "improved", "regressed", "no detectable change"
-NEW, NOT_COMPARABLE, COULD_NOT_JUDGE = "new", "not comparable", "could not judge"
+
+
+class Verdict(StrEnum):
+    """What a metric's interval says, in the words every judgement prints (module docstring, "The words").
+
+    A str: it compares equal to, and prints as, its words."""
+
+    NO_CHANGE = "no detectable change"
+    BETTER_SMALL = "better, but by less than matters"
+    WORSE_SMALL = "worse, but by less than matters"
+    BETTER_MAY_MATTER = "better, perhaps by enough to matter"
+    WORSE_MAY_MATTER = "worse, perhaps by enough to matter"
+    IMPROVED = "better by more than matters"
+    REGRESSED = "worse by more than matters"
+    CANNOT_TELL_BETTER = "cannot tell: perhaps better by enough to matter"
+    CANNOT_TELL_WORSE = "cannot tell: perhaps worse by enough to matter"
+    CANNOT_TELL_EITHER = "cannot tell: perhaps better or worse by enough to matter"
+    NEW = "new"
+    NOT_COMPARABLE = "not comparable"
+    COULD_NOT_JUDGE = "could not judge"
+
+    @property
+    def detected(self) -> bool:
+        """A real change: its interval excludes 0 (for accuracy, or McNemar's test finds it)."""
+        return self in DETECTED
+
+    @property
+    def worse(self) -> bool:
+        """A detected worsening: the words say "worse" and mean it."""
+        return self in (Verdict.WORSE_SMALL, Verdict.WORSE_MAY_MATTER, Verdict.REGRESSED)
+
+    @property
+    def fails(self) -> bool:
+        """`--fail-on-regression` exits 1: the change may be worse by as much as matters."""
+        return self in (Verdict.REGRESSED, Verdict.WORSE_MAY_MATTER, Verdict.CANNOT_TELL_WORSE,
+                        Verdict.CANNOT_TELL_EITHER)
+
+
+DETECTED = frozenset({Verdict.BETTER_SMALL, Verdict.WORSE_SMALL, Verdict.BETTER_MAY_MATTER,
+                      Verdict.WORSE_MAY_MATTER, Verdict.IMPROVED, Verdict.REGRESSED})
+# The overall verdict is the first of its metrics' in this order: what a reviewer must see first.
+SEVERITY = (Verdict.REGRESSED, Verdict.WORSE_MAY_MATTER, Verdict.CANNOT_TELL_EITHER, Verdict.CANNOT_TELL_WORSE,
+            Verdict.WORSE_SMALL, Verdict.IMPROVED, Verdict.BETTER_MAY_MATTER, Verdict.BETTER_SMALL,
+            Verdict.CANNOT_TELL_BETTER, Verdict.NO_CHANGE)
+# One sentence per verdict, for whoever reads the words first (the report, the retrain's artifact).
+MEANING = {
+    Verdict.NO_CHANGE: "Nothing detected, and the interval rules out any change as large as the smallest change "
+                       "that matters.",
+    Verdict.BETTER_SMALL: "A real improvement (the interval excludes 0), smaller than the smallest change that "
+                          "matters.",
+    Verdict.WORSE_SMALL: "A real worsening (the interval excludes 0), smaller than the smallest change that matters: "
+                         "measurably worse, though not by as much as matters.",
+    Verdict.BETTER_MAY_MATTER: "A real improvement (the interval excludes 0) that may reach the smallest change that "
+                               "matters: the interval crosses it.",
+    Verdict.WORSE_MAY_MATTER: "A real worsening (the interval excludes 0) that may reach the smallest change that "
+                              "matters: the interval crosses it.",
+    Verdict.IMPROVED: "Better, and the whole interval lies beyond the smallest change that matters.",
+    Verdict.REGRESSED: "Worse, and the whole interval lies beyond the smallest change that matters.",
+    Verdict.CANNOT_TELL_BETTER: "Nothing detected, but the interval reaches an improvement as large as matters: "
+                                "this test set is too small to tell.",
+    Verdict.CANNOT_TELL_WORSE: "Nothing detected, but the interval reaches a worsening as large as matters: "
+                               "this test set is too small to tell.",
+    Verdict.CANNOT_TELL_EITHER: "Nothing detected, but the interval reaches a change as large as matters either way: "
+                                "this test set is too small to tell.",
+    Verdict.NEW: "The base has no per-example results, so every number is new and nothing can be judged worse.",
+    Verdict.NOT_COMPARABLE: "Base and head were scored on different test images, so their numbers cannot be "
+                            "compared.",
+    Verdict.COULD_NOT_JUDGE: "Nothing could be judged; the reason says why.",
+}
+(NO_CHANGE, IMPROVED, REGRESSED, NEW, NOT_COMPARABLE, COULD_NOT_JUDGE) = (
+    Verdict.NO_CHANGE, Verdict.IMPROVED, Verdict.REGRESSED, Verdict.NEW, Verdict.NOT_COMPARABLE,
+    Verdict.COULD_NOT_JUDGE)
+LABELS = {"accuracy": "accuracy", "macro_f1": "macro F1", "loss": "loss"}
 
 # Fixed, so the same two tables always give the same intervals (a report must be reproducible).
 BOOTSTRAP_SEED = 20_261_110
@@ -107,7 +196,7 @@ class MetricVerdict:
     low: float | None  # the (1 - alpha) interval of the delta
     high: float | None
     min_effect: float | None
-    verdict: str
+    verdict: Verdict
 
 
 @dataclass(frozen=True)
@@ -153,7 +242,7 @@ class Resolution:
 
 @dataclass(frozen=True)
 class Judgement:
-    verdict: str
+    verdict: Verdict
     metrics: tuple[MetricVerdict, ...]
     reason: str
     paired: Discordance | None = None
@@ -164,7 +253,8 @@ class Judgement:
 @dataclass(frozen=True)
 class GateDecision:
     promote: bool
-    reason: str
+    reason: str  # "promoted: " or "not promoted: ", the judgement's headline, then the checks
+    judgement: Judgement  # the same words and (1 - alpha) intervals as the pull-request report
     champion: Mapping[str, float]
     challenger: Mapping[str, float]
     # One-sided (1 - alpha) lower bounds of the challenger's gain per metric (loss: base - head).
@@ -289,6 +379,22 @@ def paired_intervals(base: pd.DataFrame, head: pd.DataFrame, confidence: float, 
             for i, name in enumerate(METRICS)}
 
 
+def accuracy_interval(paired: Discordance, confidence: float) -> Interval:
+    """The exact interval of the accuracy change that McNemar's test inverts, so the two never disagree.
+
+    Given the d discordant pairs, head_only ~ Binomial(d, p) and the change is d (2p - 1) / n; the
+    Clopper-Pearson interval of p excludes 1/2 exactly when McNemar's two-sided p-value is below
+    1 - confidence. (A percentile bootstrap does not: with 5 of 1,051 pairs all one way it excludes
+    0 while McNemar's p is 0.06.) The standard error is the null's, sqrt(d) / n.
+    """
+    discordant = paired.base_only + paired.head_only
+    if discordant == 0:
+        return Interval(0.0, 0.0, 0.0)
+    bounds = stats.binomtest(paired.head_only, discordant, 0.5).proportion_ci(confidence, method="exact")
+    return Interval(discordant * (2 * bounds.low - 1) / paired.n, discordant * (2 * bounds.high - 1) / paired.n,
+                    float(np.sqrt(discordant)) / paired.n)
+
+
 def resolution(intervals: Mapping[str, Interval], examples: int, policy: CompareParams) -> tuple[Resolution, ...]:
     """Per metric, the margin an equally good challenger clears with probability POWER, and the
     test examples min_effect would need to be that margin (the standard error goes as 1 / sqrt(n))."""
@@ -302,28 +408,56 @@ def resolution(intervals: Mapping[str, Interval], examples: int, policy: Compare
     return tuple(resolutions)
 
 
-def _gain(name: str, delta: float) -> float:
-    return delta if HIGHER_IS_BETTER[name] else -delta
+def metric_verdict(name: str, low: float, high: float, min_effect: float) -> Verdict:
+    """The words for one metric's interval [low, high] of head - base: a change is detected when
+    the interval excludes 0, and sized against min_effect, the smallest change that matters (a
+    change of exactly min_effect matters)."""
+    gain_low, gain_high = (low, high) if HIGHER_IS_BETTER[name] else (-high, -low)
+    matters = min_effect - EPSILON
+    detected = 1 if gain_low > 0 else -1 if gain_high < 0 else 0
+    if detected == 0:
+        may_gain, may_lose = gain_high >= matters, gain_low <= -matters
+        if may_gain and may_lose:
+            return Verdict.CANNOT_TELL_EITHER
+        if may_lose:
+            return Verdict.CANNOT_TELL_WORSE
+        return Verdict.CANNOT_TELL_BETTER if may_gain else Verdict.NO_CHANGE
+    # The interval's ends as distances in the direction found: the nearer end and the farther one.
+    nearest, farthest = (gain_low, gain_high) if detected > 0 else (-gain_high, -gain_low)
+    if nearest >= matters:
+        return Verdict.IMPROVED if detected > 0 else Verdict.REGRESSED
+    if farthest >= matters:
+        return Verdict.BETTER_MAY_MATTER if detected > 0 else Verdict.WORSE_MAY_MATTER
+    return Verdict.BETTER_SMALL if detected > 0 else Verdict.WORSE_SMALL
 
 
-def metric_verdict(name: str, delta: float, low: float, high: float, min_effect: float, significant: bool = True) -> str:
-    """Improved / regressed only when the interval excludes zero and the change is big enough."""
-    excludes_zero = low > 0 or high < 0
-    if not (significant and excludes_zero and abs(delta) >= min_effect - EPSILON):
-        return NO_CHANGE
-    return IMPROVED if _gain(name, delta) > 0 else REGRESSED
+def overall(verdicts: Sequence[Verdict]) -> Verdict:
+    """The verdict a reviewer must see first: a mixed result is judged by its worst news."""
+    return next(verdict for verdict in SEVERITY if verdict in verdicts)
 
 
-def overall(verdicts: Sequence[str]) -> str:
-    if REGRESSED in verdicts:
-        return REGRESSED  # a mixed result is not an improvement
-    return IMPROVED if IMPROVED in verdicts else NO_CHANGE
+def changes_by_verdict(judgement: Judgement) -> list[tuple[Verdict, str]]:
+    """Each verdict among the metrics, the overall one first, with its metrics' changes
+    (`accuracy -0.0124, macro F1 -0.0126`); empty when nothing was measured (new, not comparable)."""
+    if judgement.verdict not in SEVERITY:
+        return []
+    verdicts = sorted({metric.verdict for metric in judgement.metrics}, key=SEVERITY.index)
+    return [(verdict, ", ".join(f"{LABELS[metric.name]} {metric.delta:+.4f}" for metric in judgement.metrics
+                                if metric.verdict == verdict))
+            for verdict in verdicts]
+
+
+def headline(judgement: Judgement) -> str:
+    """The verdict in one line, each metric with its change, the overall verdict first:
+    `worse, but by less than matters (accuracy -0.0124, macro F1 -0.0126); no detectable change (loss -0.0269)`."""
+    groups = changes_by_verdict(judgement)
+    return "; ".join(f"{verdict} ({changes})" for verdict, changes in groups) if groups else str(judgement.verdict)
 
 
 # ---------------------------------------------------------------- verdicts
 
 
-def _unjudged(head: pd.DataFrame, verdict: str, reason: str, base: pd.DataFrame | None = None) -> Judgement:
+def _unjudged(head: pd.DataFrame, verdict: Verdict, reason: str, base: pd.DataFrame | None = None) -> Judgement:
     head_numbers = point_metrics(head)
     base_numbers = point_metrics(base) if base is not None else {}
     metrics = tuple(
@@ -353,31 +487,35 @@ def judge(base: Results | None, head: Results, policy: CompareParams | None) -> 
                          base.predictions)
     if policy is None:
         return cannot_judge(head.predictions, "the base has no `compare` policy that can be read")
+    return _judge_pair(base.predictions, head.predictions, policy)
+
+
+def _judge_pair(base: pd.DataFrame, head: pd.DataFrame, policy: CompareParams) -> Judgement:
+    """Two tables of the same test examples, judged metric by metric on (1 - alpha) paired intervals."""
     confidence = 1 - policy.alpha
-    base_numbers, head_numbers = point_metrics(base.predictions), point_metrics(head.predictions)
-    intervals = paired_intervals(base.predictions, head.predictions, confidence, policy.resamples)
-    paired = discordance(base.predictions, head.predictions)
+    base_numbers, head_numbers = point_metrics(base), point_metrics(head)
+    paired = discordance(base, head)
+    intervals = paired_intervals(base, head, confidence, policy.resamples)
+    exact = accuracy_interval(paired, confidence)
     min_effect = policy.min_effect.model_dump()
     metrics = []
     for name in METRICS:
         delta = head_numbers[name] - base_numbers[name]
-        low, high = intervals[name].low, intervals[name].high
-        # Accuracy has an exact test as well: both must find the change.
-        significant = paired.p_value < policy.alpha if name == "accuracy" else True
+        low, high = (exact.low, exact.high) if name == "accuracy" else (intervals[name].low, intervals[name].high)
         metrics.append(MetricVerdict(name, base_numbers[name], head_numbers[name], delta, low, high, min_effect[name],
-                                     metric_verdict(name, delta, low, high, min_effect[name], significant)))
+                                     metric_verdict(name, low, high, min_effect[name])))
     verdict = overall([metric.verdict for metric in metrics])
     reason = (f"{paired.n:,} paired test examples: {paired.base_only} right only at base, "
               f"{paired.head_only} right only at head (McNemar p = {paired.p_value:.3g})")
-    return Judgement(verdict, tuple(metrics), reason, paired, confidence,
-                     resolution(intervals, paired.n, policy))
+    return Judgement(verdict, tuple(metrics), reason, paired, confidence, resolution(intervals, paired.n, policy))
 
 
-def exit_status(verdict: str) -> int:
-    """What --fail-on-regression exits with: 1 regressed, 2 nothing could be judged, else 0."""
-    if verdict == REGRESSED:
-        return 1
-    return 2 if verdict in (NOT_COMPARABLE, COULD_NOT_JUDGE) else 0
+def exit_status(verdict: Verdict) -> int:
+    """What --fail-on-regression exits with: 1 when the change may be worse by as much as matters
+    (Verdict.fails), 2 when nothing could be judged, else 0."""
+    if verdict in (NOT_COMPARABLE, COULD_NOT_JUDGE):
+        return 2
+    return 1 if verdict.fails else 0
 
 
 # ---------------------------------------------------------------- the retrain gate
@@ -385,15 +523,20 @@ def exit_status(verdict: str) -> int:
 
 def gate(champion: pd.DataFrame, challenger: pd.DataFrame, policy: CompareParams,
          best_accuracy: float | None) -> GateDecision:
-    """Promote the challenger only if non-inferior to the champion and not below the record minus min_effect."""
+    """Promote the challenger only if non-inferior to the champion, not measurably worse on the
+    policy's keep_out_measurably_worse metrics, and not below the record minus min_effect."""
     if problem := pairing_problem(champion, challenger):
         raise PredictionsError(f"champion and challenger cannot be compared: {problem}")
+    judgement = _judge_pair(champion, challenger, policy)
     champion_numbers, challenger_numbers = point_metrics(champion), point_metrics(challenger)
     # The ends of a two-sided (1 - 2 alpha) interval are one-sided (1 - alpha) bounds.
     intervals = paired_intervals(champion, challenger, 1 - 2 * policy.alpha, policy.resamples)
+    intervals["accuracy"] = accuracy_interval(judgement.paired, 1 - 2 * policy.alpha)
     min_effect = policy.min_effect.model_dump()
     lower = {name: (bounds.low if HIGHER_IS_BETTER[name] else -bounds.high) for name, bounds in intervals.items()}
     checks = {f"{name} non-inferior": lower[name] > -min_effect[name] for name in METRICS}
+    checks |= {f"{metric.name} not measurably worse": not metric.verdict.worse for metric in judgement.metrics
+               if metric.name in policy.keep_out_measurably_worse}
     # Without a record yet the champion's accuracy is the best known; a promotion can only raise it.
     best = champion_numbers["accuracy"] if best_accuracy is None else best_accuracy
     floor = best - min_effect["accuracy"]
@@ -402,18 +545,23 @@ def gate(champion: pd.DataFrame, challenger: pd.DataFrame, policy: CompareParams
     promote = all(checks.values())
 
     if promote:
-        reason = (f"promoted: non-inferior to the champion on every metric, and accuracy {accuracy:.4f} is at "
-                  f"least the best {best:.4f} minus {min_effect['accuracy']:g}")
+        reason = (f"promoted: {headline(judgement)}. Non-inferior to the champion on every metric, and accuracy "
+                  f"{accuracy:.4f} is at least the best {best:.4f} minus {min_effect['accuracy']:g}")
     else:
-        failed = [name for name, passed in checks.items() if not passed]
         details = []
+        worse = [f"{LABELS[metric.name]} ({judgement.confidence:.0%} interval {metric.low:+.4f} to {metric.high:+.4f})"
+                 for metric in judgement.metrics if not checks.get(f"{metric.name} not measurably worse", True)]
+        if worse:
+            details.append(f"measurably worse on {', '.join(worse)}, which the base's "
+                           "compare.keep_out_measurably_worse keeps out")
         for name in METRICS:
             if not checks[f"{name} non-inferior"]:
-                details.append(f"{name} gain could be as low as {lower[name]:+.4f} "
+                details.append(f"{LABELS[name]} gain could be as low as {lower[name]:+.4f} "
                                f"(one-sided {1 - policy.alpha:.0%} bound), below -{min_effect[name]:g}")
         if accuracy < floor - EPSILON:
             details.append(f"accuracy {accuracy:.4f} is below the best {best:.4f} minus {min_effect['accuracy']:g}")
-        reason = f"not promoted ({', '.join(failed)} failed): " + "; ".join(details)
-    return GateDecision(promote, reason, champion_numbers, challenger_numbers, lower, discordance(champion, challenger),
-                        floor, max(best, accuracy) if promote else best, checks,
-                        resolution(intervals, len(champion), policy))
+        checks_failed = "; ".join(details)
+        reason = f"not promoted: {headline(judgement)}. {checks_failed[0].upper()}{checks_failed[1:]}"
+    return GateDecision(promote, reason, judgement, champion_numbers, challenger_numbers, lower,
+                        judgement.paired, floor, max(best, accuracy) if promote else best, checks,
+                        judgement.resolution)

@@ -8,7 +8,8 @@ from typing import Annotated, Literal
 from urllib.parse import urlsplit
 
 import yaml
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator,
+                      model_validator)
 
 from classifier.cli import UserError
 from classifier.datasets import DATASETS
@@ -116,6 +117,18 @@ class CompareParams(Section):
     min_effect: MinEffect
     # Enough resamples that the interval's ends move by well under min_effect between seeds.
     resamples: int = Field(default=2000, ge=100, le=100_000)
+    # The retrain gate keeps out a challenger measurably worse on these metrics (its interval
+    # excludes 0 on the worse side), even by less than min_effect; [] promotes one that is
+    # non-inferior within min_effect all the same. Not loss by default: equally accurate models
+    # trained with other seeds differ measurably in mean loss (docs/retraining.md, "The gate's rule").
+    keep_out_measurably_worse: list[Literal["accuracy", "macro_f1", "loss"]] = ["accuracy", "macro_f1"]
+
+    @field_validator("keep_out_measurably_worse")
+    @classmethod
+    def _each_metric_once(cls, metrics: list[str]) -> list[str]:
+        if len(set(metrics)) != len(metrics):
+            raise ValueError("must name each metric at most once")
+        return metrics
 
 
 class Params(Section):

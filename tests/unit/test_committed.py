@@ -1,5 +1,5 @@
 """make run's closing verdict on real git repos holding synthetic results (no DVC, no torch):
-same bytes, within noise, differs, not comparable."""
+same bytes, within noise, differs (with the verdict's words), cannot tell, not comparable."""
 
 from __future__ import annotations
 
@@ -57,17 +57,39 @@ def test_the_same_model_is_same_bytes(repo):
 def test_a_few_examples_changing_sides_both_ways_is_within_noise(repo):
     write_results(repo, predictions(flips_to_wrong=9, flips_to_right=7), "b" * 32)
     line = against_committed(repo)
-    assert line.startswith("reproduces the committed results within noise: 1,000 paired test images, "
-                           "9 right only in the committed model and 7 only in this one (McNemar p = 0.8"), line
-    assert "accuracy -0.0020" in line and "macro F1 " in line and "loss " in line
+    assert line.startswith("reproduces the committed results within noise: no detectable change (accuracy -0.0020, "
+                           "macro F1 -0.0020, loss +0.0049); 1,000 paired test images, 9 right only in the committed "
+                           "model and 7 only in this one (McNemar p = 0.8"), line
 
 
-def test_a_real_loss_of_accuracy_differs(repo):
+def test_a_real_loss_smaller_than_matters_differs_and_says_worse(repo):
+    # -0.012: McNemar p = 0.0005, the interval excludes 0 and stays within min_effect (0.025).
+    write_results(repo, predictions(flips_to_wrong=12), "b" * 32)
+    line = against_committed(repo)
+    assert line.startswith("differs from the committed results: worse, but by less than matters (accuracy -0.0120, "
+                           "macro F1 "), line
+    assert "within noise" not in line and "no detectable change (loss" not in line
+    assert "12 right only in the committed model and 0 only in this one (McNemar p = 0.00049)" in line
+
+
+def test_a_large_loss_of_accuracy_differs_by_more_than_matters(repo):
     write_results(repo, predictions(flips_to_wrong=60), "b" * 32)
     line = against_committed(repo)
-    assert line.startswith("differs from the committed results (regressed): 1,000 paired test images, "
-                           "60 right only in the committed model and 0 only in this one"), line
-    assert "accuracy -0.0600" in line
+    assert line.startswith("differs from the committed results: worse by more than matters (accuracy -0.0600"), line
+    assert "60 right only in the committed model and 0 only in this one" in line
+
+
+def test_a_change_too_small_a_test_set_cannot_settle_is_cannot_tell(repo):
+    # 100 test images: -0.04 on 4 of them is nothing McNemar can detect (p = 0.125), but the
+    # interval reaches past -min_effect, so "within noise" would claim more than the numbers hold.
+    write_results(repo, predictions(n=100), "a" * 32)
+    git(repo, "add", "-A")
+    git(repo, "-c", "user.name=t", "-c", "user.email=t@example.invalid", "commit", "-q", "-m", "100 images")
+    write_results(repo, predictions(flips_to_wrong=4, n=100), "b" * 32)
+    line = against_committed(repo)
+    assert line.startswith("may differ from the committed results, this test set cannot tell: cannot tell: perhaps "
+                           "worse by enough to matter (accuracy -0.0400"), line
+    assert "within noise" not in line and "(McNemar p = 0.12)" in line
 
 
 def test_another_test_split_is_not_comparable(repo):
