@@ -207,6 +207,8 @@ def run_command(args: argparse.Namespace, project: Path) -> int:
     print(result["result"] + (f": {result['branch']}" if result["branch"] else ""))
     if result["reason"] != result["result"]:
         print(result["reason"])
+    if result.get("pull_request_note"):  # a promotion: its pull request, or how to open one
+        print(result["pull_request_note"])
     return 0
 
 

@@ -3,14 +3,16 @@ only if it is at least as good as the champion committed at that branch.
 
 The workspace (pipeline.retrain.workspace) is a checkout of its own; `dvc repro` there decides
 what reruns (pipeline.run.flow); the gate (pipeline.retrain.gate) judges the new model against
-the champion; a model at least as good is committed on a retrain/<UTC timestamp> branch.
+the champion; a model at least as good is committed on a retrain/<UTC timestamp> branch, and
+its pull request opened (pipeline.retrain.pull_request).
 prefect.yaml's `retrain-cpu` and `retrain-gpu` deployments run this flow; so does
 `python -m pipeline retrain`.
 
 A retrain that ran and decided did its job, whatever it decided: it ends Completed, in a state
 named after the outcome (`Promoted`, `Not promoted`, `No change`), and emits one event,
 `classifier.model.promoted` or `classifier.model.kept`, whose payload carries the base, the
-branch, the verdict, the reason and the metrics, for an automation or a notification to match.
+branch, the outcome, the comparison's verdict (the pull-request report's words), the reason and
+the metrics (and a promotion's `pull_request` URL), for an automation or a notification to match.
 Failed is for errors only: a stage failed, or the champion could not be judged.
 """
 
@@ -26,14 +28,16 @@ import yaml
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact
 from prefect.events import emit_event
+from prefect.runtime import flow_run
 from prefect.states import Completed, State
 
-from classifier.compare import GateDecision
+from classifier.compare import GateDecision, headline
 
 from pipeline.device import check_device, require_device
 from pipeline.project import LOCK_PATH, METRICS_PATH, PARAMS_PATH
 from pipeline.results import git_reader, same_published_model
 from pipeline.retrain.gate import RECORD_PATH, GateError, decision_report, judge_challenger, write_record
+from pipeline.retrain.pull_request import open_pull_request
 from pipeline.retrain.workspace import (
     RetrainError, close_workspace, dvc, git, has_dvc_remote, open_workspace, restore_outputs,
 )
@@ -55,21 +59,32 @@ def same_model_as_champion(workspace: Path, base: str) -> bool:
                                                          yaml.safe_load((workspace / LOCK_PATH).read_text()))
 
 
-def promote(workspace: Path, cloned: bool, pushed_to_remote: bool) -> str:
-    """Commit the new lock, params and metrics on retrain/<UTC timestamp>; returns the branch name."""
-    branch = f"retrain/{datetime.now(timezone.utc):%Y%m%dT%H%M%SZ}"
-    existing = git(workspace, "branch", "--list", f"{branch}*").split()
-    if branch in existing:
-        branch = f"{branch}-{uuid.uuid4().hex[:6]}"
-    git(workspace, "switch", "--quiet", "-c", branch)
+def branch_name(workspace: Path, run_id: str | None) -> str:
+    """retrain/<UTC timestamp>-<the flow run's id>: a retry of the same flow run (prefect.yaml's
+    retry-crashed-retrain-once) finds the branch its first attempt made, here or at the origin, and
+    reuses it, so the pull request for that branch is updated rather than doubled."""
+    stamp = f"retrain/{datetime.now(timezone.utc):%Y%m%dT%H%M%SZ}"
+    if not run_id:  # called outside a flow run: nothing to find again
+        taken = git(workspace, "branch", "--list", f"{stamp}*").split()
+        return f"{stamp}-{uuid.uuid4().hex[:6]}" if stamp in taken else stamp
+    run = run_id.replace("-", "")[:12]
+    made = git(workspace, "for-each-ref", "--format=%(refname:lstrip=2)",
+               f"refs/heads/retrain/*-{run}", f"refs/remotes/origin/retrain/*-{run}").split()
+    return made[0].removeprefix("origin/") if made else f"{stamp}-{run}"
+
+
+def promote(workspace: Path, cloned: bool, pushed_to_remote: bool, run_id: str | None = None) -> str:
+    """Commit the new lock, params and metrics on the run's retrain branch (branch_name); returns its name."""
+    branch = branch_name(workspace, run_id)
+    git(workspace, "switch", "--quiet", "-C", branch)  # -C: a retry moves its own first attempt's branch
     paths = [LOCK_PATH, PARAMS_PATH, str(Path(RECORD_PATH).parent)]
     git(workspace, "add", "--", *paths)
     git(workspace, "-c", "user.name=classifier retrain", "-c", "user.email=retrain@localhost",
         "commit", "--quiet", "--allow-empty", "-m", f"Retrain: new model at least as good as the champion ({branch})")
     if pushed_to_remote:
         dvc(workspace, "push", what="pushing the new outputs to the DVC remote")
-    if cloned:  # from a URL or a bare origin: the branch goes back there
-        git(workspace, "push", "--quiet", "origin", branch, what="pushing the retrain branch")
+    if cloned:  # from a URL or a bare origin: the branch goes back there (a retry replaces its own first push)
+        git(workspace, "push", "--quiet", "--force", "origin", branch, what="pushing the retrain branch")
     return branch
 
 
@@ -84,21 +99,31 @@ def test_metrics(workspace: Path) -> dict:
 def outcome(state_name: str, result: dict, base: str, decision: GateDecision | None = None,
             metrics: dict | None = None) -> State:
     """The run's final state, Completed and named after the outcome, and its event."""
-    payload = {"base": base, "branch": result["branch"], "verdict": result["result"], "reason": result["reason"]}
+    # outcome: what the retrain did; verdict: what the comparison found, in the report's words (None: nothing judged).
+    payload = {"base": base, "branch": result["branch"], "outcome": result["result"], "verdict": None,
+               "reason": result["reason"]}
     if decision is not None:
-        payload |= {"champion": dict(decision.champion), "challenger": dict(decision.challenger),
+        judgement = decision.judgement
+        payload |= {"verdict": str(judgement.verdict), "headline": headline(judgement),
+                    "metrics": {metric.name: {"verdict": str(metric.verdict), "delta": round(metric.delta, 6),
+                                              "low": round(metric.low, 6), "high": round(metric.high, 6)}
+                                for metric in judgement.metrics},
+                    "champion": dict(decision.champion), "challenger": dict(decision.challenger),
                     "checks": {name: bool(passed) for name, passed in decision.checks.items()},
                     "resolution": {item.name: {"margin": round(float(item.margin), 6), "min_effect": item.min_effect,
                                                "resolved": bool(item.resolved)} for item in decision.resolution}}
     else:
         payload["champion"] = payload["challenger"] = metrics or {}
+    if "pull_request" in result:  # a promotion's: its URL, or None (the state message says how to open one)
+        payload["pull_request"] = result["pull_request"]
     name = PROMOTED_EVENT if result["branch"] else KEPT_EVENT
     emitted = emit_event(event=name, resource={"prefect.resource.id": "classifier.model", "classifier.base": base,
                                                "classifier.branch": result["branch"] or ""}, payload=payload)
     if emitted is None:  # Prefect logs why and carries on: say what an automation will not see
         get_run_logger().warning("the %s event was not emitted: automations and notifications will not see "
                                  "this outcome", name)
-    return Completed(name=state_name, message=result["reason"], data=result)
+    message = "; ".join(filter(None, (result["reason"], result.get("pull_request_note"))))
+    return Completed(name=state_name, message=message, data=result)
 
 
 @flow(name="retrain")
@@ -142,11 +167,14 @@ def retrain(repo: str = ".", base: str = "main", device: str | None = None, work
             return outcome("Not promoted", result, base, decision)
 
         write_record(workspace, decision, test_split)
-        branch = promote(workspace, local_repo is None, has_dvc_remote(workspace))
-        create_markdown_artifact(key="retrain-comparison", markdown=decision_report(decision, base, branch),
+        branch = promote(workspace, local_repo is None, has_dvc_remote(workspace), flow_run.get_id())
+        report = decision_report(decision, base, branch)
+        pull_request = open_pull_request(workspace, repo, local_repo, base, branch, decision, report)
+        create_markdown_artifact(key="retrain-comparison", markdown=f"{report}\n{pull_request.line}\n",
                                  description=f"retrained model against the champion: promoted on {branch}")
         logger.info("promoted on %s: %s", branch, decision.reason)
-        result = {"result": PROMOTED, "branch": branch, "reason": decision.reason, "stages": run["stages"]}
+        result = {"result": PROMOTED, "branch": branch, "reason": decision.reason, "stages": run["stages"],
+                  "pull_request": pull_request.url, "pull_request_note": pull_request.line}
         return outcome("Promoted", result, base, decision)
     finally:
         close_workspace(workspace, local_repo)

@@ -74,8 +74,10 @@ class StageResult:
 
 def stage_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
     """The environment of a DVC or git subprocess: this interpreter's bin first, since
-    dvc.yaml's cmds call `python`; DVC's analytics off (offline they only fail)."""
+    dvc.yaml's cmds call `python`; DVC's analytics off (offline they only fail); no forge token."""
     env = dict(os.environ)
+    # The forge token is for the retrain's own pull-request call: no stage, dvc or git needs it.
+    env.pop("CLASSIFIER_FORGE_TOKEN", None)
     env["PATH"] = os.path.dirname(sys.executable) + os.pathsep + env.get("PATH", "")
     env["DVC_NO_ANALYTICS"] = "1"
     env.update(extra or {})

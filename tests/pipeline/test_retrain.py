@@ -51,7 +51,8 @@ def test_nothing_changed_keeps_the_champion_and_trains_nothing(champion, tmp_pat
     result = state.result()
     assert result["result"] == NO_CHANGE and result["branch"] is None
     [kept] = events_of(state, KEPT_EVENT)
-    assert kept["payload"]["verdict"] == NO_CHANGE and kept["payload"]["champion"]["accuracy"] > 0
+    assert kept["payload"]["outcome"] == NO_CHANGE and kept["payload"]["verdict"] is None  # nothing was judged
+    assert kept["payload"]["champion"]["accuracy"] > 0
     assert set(result["stages"].values()) == {"skipped"}
     assert retrain_branches(champion) == []
     assert list((tmp_path / "ws").iterdir()) == []  # the workspace is gone again
@@ -105,10 +106,12 @@ def test_a_worse_model_is_not_promoted_and_the_run_completes(champion, tmp_path,
     state = retrain(repo=str(champion), base="main", workspace_root=str(tmp_path / "ws"), return_state=True)
 
     assert state.is_completed() and state.name == "Not promoted", state
-    assert state.message.startswith("not promoted (accuracy non-inferior")
+    assert state.message.startswith("not promoted: worse by more than matters (accuracy -"), state.message
+    assert "accuracy gain could be as low as" in state.message
     assert state.result()["result"] == NOT_PROMOTED and state.result()["branch"] is None
     [kept] = events_of(state, KEPT_EVENT)
-    assert kept["payload"]["verdict"] == NOT_PROMOTED and kept["payload"]["branch"] is None
+    assert kept["payload"]["outcome"] == NOT_PROMOTED and kept["payload"]["branch"] is None
+    assert kept["payload"]["verdict"] == "worse by more than matters"
     assert kept["payload"]["checks"]["accuracy non-inferior"] is False
     assert kept["payload"]["challenger"]["accuracy"] < kept["payload"]["champion"]["accuracy"]
     assert set(kept["payload"]["resolution"]) == {"accuracy", "macro_f1", "loss"}

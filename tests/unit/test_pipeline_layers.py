@@ -10,7 +10,8 @@ from tests.conftest import PROJECT_ROOT
 
 PIPELINE = PROJECT_ROOT / "pipeline"
 # Lowest first: a room may import only from rooms before it here.
-ROOMS = ["project", "device", "server", "run", "results", "committed", "report", "retrain", "sweep", "__main__"]
+ROOMS = ["project", "device", "server", "run", "results", "committed", "forge", "report", "retrain", "sweep",
+         "__main__"]
 # Side by side, not stacked: none of these imports another.
 SIBLINGS = {"report", "retrain", "sweep"}
 
@@ -24,8 +25,8 @@ def room(module: str) -> str:
     return module.split(".")[1]
 
 
-def pipeline_imports(path: Path) -> set[str]:
-    """The pipeline modules `path` imports, at module level or inside a function."""
+def imported_modules(path: Path) -> set[str]:
+    """The modules `path` imports, at module level or inside a function."""
     found = set()
     for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
         if isinstance(node, ast.Import):
@@ -35,7 +36,11 @@ def pipeline_imports(path: Path) -> set[str]:
             # `from pipeline.report import plots` imports the module pipeline.report.plots.
             found.update(f"{node.module}.{alias.name}" for alias in node.names
                          if (PIPELINE.parent / node.module.replace(".", "/") / f"{alias.name}.py").is_file())
-    return {name for name in found if name.startswith("pipeline.")}
+    return found
+
+
+def pipeline_imports(path: Path) -> set[str]:
+    return {name for name in imported_modules(path) if name.startswith("pipeline.")}
 
 
 def modules() -> dict[str, set[str]]:
@@ -79,3 +84,9 @@ def test_no_import_cycles_inside_a_room():
 
     for module in sorted(graph):
         visit(module, [])
+
+
+def test_the_forge_room_knows_nothing_of_prefect_or_dvc():
+    """DESIGN.md: the forge client speaks HTTP; the retrain flow finds its token and calls it."""
+    imported = {name.split(".")[0] for name in imported_modules(PIPELINE / "forge.py")}
+    assert imported and not imported & {"prefect", "dvc"}, sorted(imported)
