@@ -6,10 +6,12 @@ the prepared data, judged by the retrain gate against each other.
 Trains `--models` models that differ only in their initial weights and shuffle order (torch seeds
 1000, 1001, ...; same split, same params.yaml otherwise, one thread), then runs
 `classifier.compare.gate` on every ordered pair under params.yaml's policy and each `--min-effect`
-triple (accuracy, macro F1, loss). An equally good challenger should be promoted nearly always: the
+triple (accuracy, macro F1, loss), with `compare.keep_out_measurably_worse` off, as params.yaml
+sets it, and on every metric. An equally good challenger should be promoted nearly always: the
 share promoted is what the policy does to a retrain that changed nothing that matters. Also prints
-the discordant pairs and each metric's resolution (the margin an equally good challenger clears 95%
-of the time), median and largest over the pairs. Needs `dvc repro prepare` first (data/prepared).
+how the pairs' verdicts read, how often each metric is measurably worse, the discordant pairs and
+each metric's resolution (the margin an equally good challenger clears 95% of the time), median
+and largest over the pairs. Needs `dvc repro prepare` first (data/prepared).
 """
 
 from __future__ import annotations
@@ -62,12 +64,15 @@ def judge_pairs(tables: list[pd.DataFrame], policy: CompareParams) -> None:
     decisions = [gate(tables[a], tables[b], policy, None) for a, b in itertools.permutations(range(len(tables)), 2)]
     effect = policy.min_effect
     print(f"\nmin_effect accuracy {effect.accuracy:g}, macro F1 {effect.macro_f1:g}, loss {effect.loss:g}:")
-    for tolerant in (False, True):
-        # The same decisions without the "not measurably worse" checks: the gate with the knob on.
+    for kept_out in ([], policy.keep_out_measurably_worse, list(METRICS)):
+        # The same decisions under another compare.keep_out_measurably_worse: the other checks, and
+        # no metric of that list measurably worse.
         promoted = sum(all(passed for check, passed in decision.checks.items()
-                           if not (tolerant and check.endswith("not measurably worse")))
+                           if not check.endswith("not measurably worse"))
+                       and not any(metric.verdict.worse for metric in decision.judgement.metrics
+                                   if metric.name in kept_out)
                        for decision in decisions)
-        print(f"  tolerate_detected_worsening {str(tolerant).lower()}: {promoted} of {len(decisions)} equally good "
+        print(f"  keep_out_measurably_worse [{', '.join(kept_out)}]: {promoted} of {len(decisions)} equally good "
               f"challengers promoted ({promoted / len(decisions):.0%})")
     verdicts = Counter(str(decision.judgement.verdict) for decision in decisions)
     print("  verdicts: " + "; ".join(f"{verdict} {count}" for verdict, count in verdicts.most_common()))
