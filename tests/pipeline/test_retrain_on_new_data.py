@@ -62,6 +62,14 @@ def test_new_data_announced_retrains_rescoring_the_champion_on_the_new_test_spli
     triggers = api_call(api, "POST", "/automations/filter", json={})
     assert any(a["trigger"].get("expect") == ["classifier.data.updated"] for a in triggers), triggers
 
+    def flow_logs() -> str:  # the newest first: a run's DVC output alone can pass the page size
+        return "\n".join(row["message"] for row in api_call(api, "POST", "/logs/filter", json={
+            "logs": {"flow_run_id": {"any_": [flow_run]}}, "sort": "TIMESTAMP_DESC", "limit": 200}))
+
+    def complete_logs() -> str | None:
+        text = flow_logs()
+        return text if "champion re-scored on the" in text else None
+
     worker = start_worker(project, env, tmp_path / "worker.log")
     try:
         export(tree, 3000)  # the remaining 2,000
@@ -75,18 +83,12 @@ def test_new_data_announced_retrains_rescoring_the_champion_on_the_new_test_spli
             return runs[0]["id"] if runs else None
         flow_run = wait_for(triggered_run, "the triggered retrain", 120)
         state = final_state(api, flow_run, 600)
+        assert state == "COMPLETED", (tmp_path / "worker.log").read_text()[-4000:]
+        # Logs reach the server in batches, after the state that ends the run: wait for them before the
+        # worker stops, since stopping it can end the run's process before its last batch is sent.
+        logs = wait_for(complete_logs, "the retrain's last log lines", 120)
     finally:
         stop(worker)
-    assert state == "COMPLETED", (tmp_path / "worker.log").read_text()[-4000:]
-
-    def flow_logs() -> str:  # the newest first: a run's DVC output alone can pass the page size
-        return "\n".join(row["message"] for row in api_call(api, "POST", "/logs/filter", json={
-            "logs": {"flow_run_id": {"any_": [flow_run]}}, "sort": "TIMESTAMP_DESC", "limit": 200}))
-    # Logs reach the server in batches, after the state that ends the run.
-    def complete_logs() -> str | None:
-        text = flow_logs()
-        return text if "champion re-scored on the" in text else None
-    logs = wait_for(complete_logs, "the retrain's last log lines", 60)
     assert "re-scoring the champion at main on the new test split" in logs, logs[:4000]
 
     branch = git(project, "branch", "--list", "retrain/*", "--format=%(refname:short)").split()
