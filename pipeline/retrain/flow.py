@@ -162,7 +162,7 @@ def retrain(repo: str = ".", base: str = "main", device: str | None = None, work
         if not decision.promote:
             create_markdown_artifact(key="retrain-comparison", markdown=decision_report(decision, base, None),
                                      description="retrained model against the champion: not promoted")
-            logger.info("not promoted over the champion at %s: %s", base, decision.reason)
+            logger.info("against the champion at %s, %s", base, decision.reason)  # the reason says "not promoted"
             result = {"result": NOT_PROMOTED, "branch": None, "reason": decision.reason, "stages": run["stages"]}
             return outcome("Not promoted", result, base, decision)
 
@@ -172,7 +172,7 @@ def retrain(repo: str = ".", base: str = "main", device: str | None = None, work
         pull_request = open_pull_request(workspace, repo, local_repo, base, branch, decision, report)
         create_markdown_artifact(key="retrain-comparison", markdown=f"{report}\n{pull_request.line}\n",
                                  description=f"retrained model against the champion: promoted on {branch}")
-        logger.info("promoted on %s: %s", branch, decision.reason)
+        logger.info("against the champion at %s, %s; on %s", base, decision.reason, branch)
         result = {"result": PROMOTED, "branch": branch, "reason": decision.reason, "stages": run["stages"],
                   "pull_request": pull_request.url, "pull_request_note": pull_request.line}
         return outcome("Promoted", result, base, decision)
