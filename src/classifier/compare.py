@@ -92,7 +92,6 @@ METRICS = ("accuracy", "macro_f1", "loss")
 HIGHER_IS_BETTER = {"accuracy": True, "macro_f1": True, "loss": False}
 
 
-
 class Verdict(StrEnum):
     """What a metric's interval says, in the words every judgement prints (module docstring, "The words").
 
@@ -114,7 +113,7 @@ class Verdict(StrEnum):
 
     @property
     def detected(self) -> bool:
-        """A real change: its interval excludes 0 (for accuracy, or McNemar's test finds it)."""
+        """A real change: its interval excludes 0 (for accuracy, the interval McNemar's test inverts)."""
         return self in DETECTED
 
     @property
