@@ -18,6 +18,7 @@ from pipeline.project import MODEL_PATH
 from pipeline.results import (ResultsError, compare_policy, git_reader, read_snapshot, same_published_model,
                               workspace_reader)
 
+
 def against_committed(project: Path, revision: str = "HEAD") -> str:
     """One line: how the workspace's results compare with those committed at `revision`."""
     try:

@@ -114,7 +114,8 @@ class Verdict(StrEnum):
     @property
     def detected(self) -> bool:
         """A real change: its interval excludes 0 (for accuracy, the interval McNemar's test inverts)."""
-        return self in DETECTED
+        return self in (Verdict.BETTER_SMALL, Verdict.WORSE_SMALL, Verdict.BETTER_MAY_MATTER,
+                        Verdict.WORSE_MAY_MATTER, Verdict.IMPROVED, Verdict.REGRESSED)
 
     @property
     def worse(self) -> bool:
@@ -128,8 +129,6 @@ class Verdict(StrEnum):
                         Verdict.CANNOT_TELL_EITHER)
 
 
-DETECTED = frozenset({Verdict.BETTER_SMALL, Verdict.WORSE_SMALL, Verdict.BETTER_MAY_MATTER,
-                      Verdict.WORSE_MAY_MATTER, Verdict.IMPROVED, Verdict.REGRESSED})
 # The overall verdict is the first of its metrics' in this order: what a reviewer must see first.
 SEVERITY = (Verdict.REGRESSED, Verdict.WORSE_MAY_MATTER, Verdict.CANNOT_TELL_EITHER, Verdict.CANNOT_TELL_WORSE,
             Verdict.WORSE_SMALL, Verdict.IMPROVED, Verdict.BETTER_MAY_MATTER, Verdict.BETTER_SMALL,
@@ -527,7 +526,8 @@ def gate(champion: pd.DataFrame, challenger: pd.DataFrame, policy: CompareParams
     if problem := pairing_problem(champion, challenger):
         raise PredictionsError(f"champion and challenger cannot be compared: {problem}")
     judgement = _judge_pair(champion, challenger, policy)
-    champion_numbers, challenger_numbers = point_metrics(champion), point_metrics(challenger)
+    champion_numbers = {metric.name: metric.base for metric in judgement.metrics}
+    challenger_numbers = {metric.name: metric.head for metric in judgement.metrics}
     # The ends of a two-sided (1 - 2 alpha) interval are one-sided (1 - alpha) bounds.
     intervals = paired_intervals(champion, challenger, 1 - 2 * policy.alpha, policy.resamples)
     intervals["accuracy"] = accuracy_interval(judgement.paired, 1 - 2 * policy.alpha)
