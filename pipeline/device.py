@@ -13,6 +13,7 @@ ruamel.yaml's round trip, as `dvc exp run -S` does, so comments and layout stay.
 from __future__ import annotations
 
 import io
+import os
 import socket
 import subprocess
 import sys
@@ -44,8 +45,11 @@ def require_device(device: str | None) -> None:
     worker without CUDA, say): what the train stage would find out only after the data is in."""
     if device not in _PROBE:
         return
+    # The forge token is for the retrain's pull request alone (pipeline.run.stages.stage_env keeps it from
+    # every DVC and git subprocess; this room is below that one).
+    env = {name: value for name, value in os.environ.items() if name != "CLASSIFIER_FORGE_TOKEN"}
     probe = subprocess.run([sys.executable, "-c", f"import torch; print({_PROBE[device]}, 'in torch', torch.__version__)"],
-                           capture_output=True, text=True)
+                           env=env, capture_output=True, text=True)
     if probe.returncode != 0 or not probe.stdout.startswith("True"):
         found = probe.stdout.strip() or probe.stderr.strip()[-300:]
         raise DeviceError(f"this machine ({socket.gethostname()}) has no {device} device that torch can use "

@@ -63,7 +63,7 @@ def open_workspace(repo: str, base: str, root: Path) -> tuple[Path, Path | None]
     top = work_tree(repo)
     if top is not None:
         if subprocess.run(["git", "rev-parse", "--verify", "--quiet", f"{base}^{{commit}}"], cwd=top,
-                          capture_output=True).returncode != 0:
+                          env=stage_env(), capture_output=True).returncode != 0:
             raise RetrainError(f"base ref {base!r} does not exist in {top}")
     root.mkdir(parents=True, exist_ok=True)
     for stale in remove_stale_workspaces(root, top):
@@ -90,7 +90,7 @@ def work_tree(repo: str) -> Path | None:
     if not local.is_dir():
         raise RetrainError(f"repo {repo!r} is not a folder or a git URL")
     probe = subprocess.run(["git", "rev-parse", "--is-bare-repository", "--show-toplevel"], cwd=local,
-                           capture_output=True, text=True)
+                           env=stage_env(), capture_output=True, text=True)
     if probe.returncode != 0 and "must be run in a work tree" not in probe.stderr:
         raise RetrainError(f"{local} is not a git repository (retrain needs one to branch from)")
     answers = probe.stdout.split("\n")
@@ -101,7 +101,8 @@ def work_tree(repo: str) -> Path | None:
 
 def close_workspace(workspace: Path, repo: Path | None) -> None:
     if repo is not None:
-        subprocess.run(["git", "worktree", "remove", "--force", str(workspace)], cwd=repo, capture_output=True)
+        subprocess.run(["git", "worktree", "remove", "--force", str(workspace)], cwd=repo, env=stage_env(),
+                       capture_output=True)
     shutil.rmtree(workspace, ignore_errors=True)
     # The lock goes last: a workspace whose lock file is gone counts as stale.
     descriptor = _workspace_locks.pop(workspace, None)
@@ -199,7 +200,7 @@ def remove_stale_workspaces(root: Path, repo: Path | None = None) -> list[Path]:
                 os.close(descriptor)
     if repo is not None:
         # Forget the worktrees whose folders are gone (this run's repo; another repo prunes its own).
-        subprocess.run(["git", "worktree", "prune"], cwd=repo, capture_output=True)
+        subprocess.run(["git", "worktree", "prune"], cwd=repo, env=stage_env(), capture_output=True)
     return removed
 
 
