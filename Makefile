@@ -24,7 +24,15 @@ help:  ## list the targets
 # an older one stops here with one line, not deep in pip. tests/unit/test_installability.py resolves 3.11-3.13.
 SUPPORTED_PYTHONS := Python 3.11 or newer (tested: 3.11, 3.12, 3.13); rerun with PYTHON=python3.12, say
 
-$(INSTALLED): pyproject.toml
+# The DVC plugin the default remote needs (pyproject.toml's extras: dvc-s3, dvc-ssh, dvc-gs, dvc-azure), from its
+# URL's scheme; a folder needs none. Asked of DVC itself, so .dvc/config.local and a remote named anything count.
+REMOTE_PLUGIN = url=$$($(BIN)/dvc config "remote.$$($(BIN)/dvc remote default 2>/dev/null).url" 2>/dev/null); \
+	case "$$url" in s3://*) extra=s3;; ssh://*) extra=ssh;; gs://*) extra=gs;; azure://*) extra=azure;; *) extra=;; esac; \
+	if [ -n "$$extra" ]; then echo "make: the DVC remote $$url needs dvc-$$extra: installing .[$$extra]"; \
+	  $(BIN)/python -m pip install --quiet -e ".[test,$$extra]"; fi
+
+# .dvc/config too: a remote set or pulled in later installs its plugin on the next make.
+$(INSTALLED): pyproject.toml $(wildcard .dvc/config .dvc/config.local)
 	@if ! test -x $(BIN)/python; then \
 	  found=$$($(PYTHON) -c 'import sys; print("%d.%d.%d %s" % (sys.version_info[:3] + (sys.executable,))); sys.exit(sys.version_info[:2] < (3, 11))' 2>/dev/null); status=$$?; \
 	  version=$${found%% *}; executable=$${found#* }; \
@@ -35,6 +43,7 @@ $(INSTALLED): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e '.[test]'
+	@$(REMOTE_PLUGIN)
 	touch $@
 
 $(PLOTS_TEMPLATE): $(INSTALLED) src/classifier/plots_template.py
@@ -175,6 +184,7 @@ remote: $(ENV)  ## set the default DVC remote: make remote URL=/mnt/dvc-store|s3
 	@if [ -z '$(URL)' ]; then echo "make remote: give the remote's URL: make remote URL=s3://bucket/path (or /mnt/dvc-store, ssh://host/path)" >&2; exit 2; fi
 	@if printf '%s' '$(URL)' | grep -Eq '^[A-Za-z][A-Za-z0-9+.-]*://[^/@]*:[^/@]*@'; then echo "make remote: refusing a URL with a password in it (.dvc/config is committed): give credentials through the environment or 'dvc remote modify --local $(REMOTE) ...'" >&2; exit 2; fi
 	$(BIN)/dvc remote add --default --force '$(REMOTE)' '$(URL)'
+	@$(REMOTE_PLUGIN)
 	@echo "make remote: the default DVC remote is now '$(REMOTE)' = $(URL); share it: git add .dvc/config && git commit -m 'DVC remote' && git push, then dvc push"
 
 sweep: $(ENV)  ## run a grid (GRID="-S 'key=a,b' -S ...", dvc exp run -S grammar) as one experiment per point on the pool's workers
