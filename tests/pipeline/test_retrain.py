@@ -63,7 +63,7 @@ def test_a_rerun_that_reproduces_the_champion_promotes_nothing(champion, tmp_pat
     # CPU-only machine it reproduces the champion byte for byte.
     result = retrain(repo=str(champion), base="main", device="cpu", workspace_root=str(tmp_path / "ws"))
     assert result["stages"]["train"] == RAN
-    assert result["result"] == SAME_MODEL and result["branch"] is None
+    assert result["result"] == NO_CHANGE and result["reason"] == SAME_MODEL and result["branch"] is None
     assert retrain_branches(champion) == []
 
 
