@@ -6,7 +6,10 @@ is one, else cpu) is decided when the stage runs, so a model cached under `auto`
 machine also satisfies `auto` on another; the model card's `trained_on` says which it was.
 
 Only an explicit request changes the file (`make run DEVICE=cuda`, a work pool's deployment
-in its own retrain workspace); a plain run never writes a tracked file. The edit goes through
+in its own retrain workspace); a plain run never writes a tracked file. What a retrain or a sweep
+commits must train on every machine (a merged GPU promotion must not stop `make run` or CI on a
+CPU): a class only some machines have is required of the worker and written as `auto`
+(`trained_as`). The edit goes through
 ruamel.yaml's round trip, as `dvc exp run -S` does, so comments and layout stay.
 """
 
@@ -55,6 +58,14 @@ def require_device(device: str | None) -> None:
         raise DeviceError(f"this machine ({socket.gethostname()}) has no {device} device that torch can use "
                           f"({_PROBE[device]} is {found}); a run asking for {device} needs one. "
                           "Nothing was run, committed or pushed.")
+
+
+def trained_as(device: str) -> str:
+    """The train.device a run on a `device` worker writes: cuda and mps, which only some machines have,
+    are required of the worker (require_device) and written as `auto`, which picks them there (cuda,
+    then mps, then cpu); so the params, dvc.lock and cache key it commits train anywhere, and the
+    model card's `trained_on` says which device it was."""
+    return "auto" if device in _PROBE else device
 
 
 def set_device(project: Path, device: str) -> bool:

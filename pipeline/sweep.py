@@ -31,7 +31,7 @@ import yaml
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_table_artifact
 
-from pipeline.device import check_device, require_device
+from pipeline.device import check_device, require_device, trained_as
 from pipeline.project import METRICS_PATH, PARAMS_PATH, flatten, lookup
 from pipeline.run.stages import TAIL_LINES, stage_env, stream
 
@@ -101,7 +101,7 @@ def sweep_point(overrides: list[str], name: str, device: str | None = None, git_
     `dvc exp run -n NAME -S ...`, then `dvc exp push` to `git_remote` and the default DVC remote.
 
     device: the class to train on (`-S train.device=...`, unless the point sets it); `cuda` is
-    checked before anything runs.
+    checked before anything runs, and written as `auto` (pipeline.device.trained_as).
     """
     logger = get_run_logger()
     project = Path.cwd()
@@ -117,7 +117,7 @@ def sweep_point(overrides: list[str], name: str, device: str | None = None, git_
 
     flags = [flag for override in overrides for flag in ("-S", override)]
     if device is not None and "train.device" not in {override_key(o) for o in overrides}:
-        flags += ["-S", f"train.device={device}"]
+        flags += ["-S", f"train.device={trained_as(device)}"]
 
     def log_line(line: str) -> None:
         if line.strip():
