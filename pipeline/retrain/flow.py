@@ -11,8 +11,9 @@ prefect.yaml's `retrain-cpu` and `retrain-gpu` deployments run this flow; so doe
 A retrain that ran and decided did its job, whatever it decided: it ends Completed, in a state
 named after the outcome (`Promoted`, `Not promoted`, `No change`), and emits one event,
 `classifier.model.promoted` or `classifier.model.kept`, whose payload carries the base, the
-branch, the outcome, the comparison's verdict (the pull-request report's words), the reason and
-the metrics (and a promotion's `pull_request` URL), for an automation or a notification to match.
+branch, the outcome's code (`promoted`, `not-promoted`, `no-change`), the comparison's verdict
+(the pull-request report's words), the reason (a sentence) and the metrics (and a promotion's
+`pull_request` URL), for an automation or a notification to match.
 Failed is for errors only: a stage failed, or the champion could not be judged.
 """
 
@@ -43,10 +44,12 @@ from pipeline.retrain.workspace import (
 )
 from pipeline.run.flow import train_pipeline
 
-NO_CHANGE = "no change: DVC reran and restored nothing, champion kept"
+# The outcome's code: the result's `result` and the event's `outcome`, short and stable for an automation to
+# match (docs/retraining.md, "Outcomes, states and events"); the sentence is the `reason`.
+PROMOTED, NOT_PROMOTED, NO_CHANGE = "promoted", "not-promoted", "no-change"
+STATE_NAMES = {PROMOTED: "Promoted", NOT_PROMOTED: "Not promoted", NO_CHANGE: "No change"}
+NOTHING_RERAN = "no change: DVC reran and restored nothing, champion kept"
 SAME_MODEL = "no change: the retrained model is byte-identical to the champion, champion kept"
-PROMOTED = "promoted"
-NOT_PROMOTED = "not promoted: the champion is kept"
 PROMOTED_EVENT, KEPT_EVENT = "classifier.model.promoted", "classifier.model.kept"
 # The published model, as dvc.lock records it: equal hashes mean nothing worth a branch.
 
@@ -96,9 +99,8 @@ def test_metrics(workspace: Path) -> dict:
         return {}
 
 
-def outcome(state_name: str, result: dict, base: str, decision: GateDecision | None = None,
-            metrics: dict | None = None) -> State:
-    """The run's final state, Completed and named after the outcome, and its event."""
+def outcome(result: dict, base: str, decision: GateDecision | None = None, metrics: dict | None = None) -> State:
+    """The run's final state, Completed and named after the outcome (`result`, a code), and its event."""
     # outcome: what the retrain did; verdict: what the comparison found, in the report's words (None: nothing judged).
     payload = {"base": base, "branch": result["branch"], "outcome": result["result"], "verdict": None,
                "reason": result["reason"]}
@@ -123,7 +125,7 @@ def outcome(state_name: str, result: dict, base: str, decision: GateDecision | N
         get_run_logger().warning("the %s event was not emitted: automations and notifications will not see "
                                  "this outcome", name)
     message = "; ".join(filter(None, (result["reason"], result.get("pull_request_note"))))
-    return Completed(name=state_name, message=message, data=result)
+    return Completed(name=STATE_NAMES[result["result"]], message=message, data=result)
 
 
 @flow(name="retrain")
@@ -135,7 +137,8 @@ def retrain(repo: str = ".", base: str = "main", device: str | None = None, work
     and so committed with a promotion, as pipeline.device.trained_as says (cuda as `auto`, which
     picks cuda here and trains on a CPU elsewhere); None keeps what `base` says.
     Called as a function it returns the outcome's dict
-    (`result`, `branch`, `reason`, `stages`); with return_state=True, the named Completed state.
+    (`result`: the outcome's code; `branch`, `reason`, `stages`); with return_state=True, the named
+    Completed state.
     """
     logger = get_run_logger()
     if device is not None:
@@ -149,10 +152,10 @@ def retrain(repo: str = ".", base: str = "main", device: str | None = None, work
         restore_outputs(workspace, local_repo, logger)
         run = train_pipeline(project_dir=str(workspace), device=device and trained_as(device), timeout_s=timeout_s)
         if not run["changed"] or same_model_as_champion(workspace, base):
-            reason = NO_CHANGE if not run["changed"] else SAME_MODEL
+            reason = NOTHING_RERAN if not run["changed"] else SAME_MODEL
             logger.info(reason)
-            result = {"result": reason, "branch": None, "reason": reason, "stages": run["stages"]}
-            return outcome("No change", result, base, metrics=test_metrics(workspace))
+            result = {"result": NO_CHANGE, "branch": None, "reason": reason, "stages": run["stages"]}
+            return outcome(result, base, metrics=test_metrics(workspace))
 
         try:
             decision, test_split = judge_challenger(workspace, base, log=logger.info)  # re-scores the champion on new data
@@ -166,7 +169,7 @@ def retrain(repo: str = ".", base: str = "main", device: str | None = None, work
                                      description="retrained model against the champion: not promoted")
             logger.info("against the champion at %s, %s", base, decision.reason)  # the reason says "not promoted"
             result = {"result": NOT_PROMOTED, "branch": None, "reason": decision.reason, "stages": run["stages"]}
-            return outcome("Not promoted", result, base, decision)
+            return outcome(result, base, decision)
 
         write_record(workspace, decision, test_split)
         branch = promote(workspace, local_repo is None, has_dvc_remote(workspace), flow_run.get_id())
@@ -177,6 +180,6 @@ def retrain(repo: str = ".", base: str = "main", device: str | None = None, work
         logger.info("against the champion at %s, %s; on %s", base, decision.reason, branch)
         result = {"result": PROMOTED, "branch": branch, "reason": decision.reason, "stages": run["stages"],
                   "pull_request": pull_request.url, "pull_request_note": pull_request.line}
-        return outcome("Promoted", result, base, decision)
+        return outcome(result, base, decision)
     finally:
         close_workspace(workspace, local_repo)
