@@ -39,6 +39,7 @@ KILL_GRACE_S = 5.0
 _OUTCOME_LINES = [
     (re.compile(r"^Running stage '(?P<stage>[^']+)':"), RAN, "re-executed"),
     (re.compile(r"^Stage '(?P<stage>[^']+)' is cached - skipping run"), RESTORED, "restored from the run-cache"),
+    (re.compile(r"^Pulling data for stage: '(?P<stage>[^']+)'"), RESTORED, "pulled from the DVC remote"),
     (re.compile(r"^(?:Stage )?'(?P<stage>[^']+)' didn't change, skipping"), SKIPPED, "up to date"),
 ]
 _FAILED_STAGE = re.compile(r"failed to reproduce '(?P<stage>[^']+)'")
