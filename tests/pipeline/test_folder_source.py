@@ -1,4 +1,5 @@
-"""The folder source under real `dvc repro`: DVC notices a grown folder, splits never move, a bad image stops prepare."""
+"""The folder source under real `dvc repro`: the snapshot stage notices a grown folder, splits never move, a
+bad image stops prepare, and what DVC stores for the images is a few packs, not one object per file."""
 
 from __future__ import annotations
 
@@ -34,10 +35,17 @@ def test_a_grown_folder_reruns_the_pipeline_and_no_image_changes_split(project, 
     assert len(first) == 600 and json.loads((project / "models/model.json").read_text())["data_fingerprint"]
 
     assert "changed deps" not in dvc(project, "status").stdout
+    raw = sorted(path.name for path in (project / "data/raw").iterdir())
+    assert len(raw) == 17 and "files.csv" in raw  # 16 packs and the table: 17 DVC objects for 600 images
+    # Nothing new: only the snapshot runs, its listing is unchanged, and DVC skips everything after it.
+    unchanged = dvc(project, "repro").stdout
+    assert "Running stage 'snapshot'" in unchanged and "Stage 'download' didn't change, skipping" in unchanged
+    assert "Running stage 'prepare'" not in unchanged
+
     export_mnist_5k(tree, 600, 1000)
-    status = dvc(project, "status").stdout
-    assert "download" in status and "modified:" in status and str(tree) in status  # DVC's own change detection
-    dvc(project, "repro", "-q")
+    grown = dvc(project, "repro")  # the snapshot's listing changed: DVC reruns what follows it
+    assert "Running stage 'download'" in grown.stdout and "Running stage 'prepare'" in grown.stdout
+    assert "1000 files listed, 400 read" in grown.stdout + grown.stderr  # only the new images are read
     second = manifest(project)
     assert len(second) == 1000
     moved = first.merge(second, on="path", suffixes=("_first", "_second"))
