@@ -5,12 +5,18 @@ token, 422 for a second pull request of one head and base), every request record
 Documented at docs.github.com/en/rest/pulls/pulls (list, create, update) and
 docs.github.com/en/rest/issues/labels (add labels); Gitea's and Forgejo's differences are switches:
 `ignore_head_filter`, `label_ids` (ids only, as before Gitea 1.20), `prefix="/api/v1"` with `version`.
+
+`hostile_server` is a forge that misbehaves below HTTP (cut bodies, bad chunks, garbage status lines, huge
+headers and bodies, a trickle, JSON of the wrong shape), as a broken proxy or a hostile host would answer.
 """
 
 from __future__ import annotations
 
 import json
+import re
+import socket
 import threading
+import time
 import urllib.parse
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -55,10 +61,15 @@ class ForgeScript:
         return pull
 
 
+class _QuietServer(ThreadingHTTPServer):
+    def handle_error(self, request, client_address) -> None:  # a client that gave up (a timeout under test)
+        pass
+
+
 class FakeForge:
     def __init__(self, script: ForgeScript):
         self.script = script
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), type("Handler", (_Handler,), {"script": script}))
+        self.server = _QuietServer(("127.0.0.1", 0), type("Handler", (_Handler,), {"script": script}))
         self.server.daemon_threads = True
         self.server.closing = threading.Event()  # ends stalled answers with the server
         self.host = f"http://127.0.0.1:{self.server.server_port}"
@@ -108,6 +119,8 @@ class _Handler(BaseHTTPRequestHandler):
         path, _, query = self.path.partition("?")
         if script.redirect_to:
             return self.reply(307, {}, {"Location": script.redirect_to + self.path})
+        if self.command == "GET" and path == f"{script.prefix}/version" and script.version:
+            return self.reply(200, {"version": script.version})  # Gitea's and Forgejo's: no token needed
         if self.headers.get("Authorization") != f"Bearer {script.token}":
             return self.reply(401, {"message": "Bad credentials", "documentation_url": "https://docs.github.com/rest"})
         if (failure := script.failures.get(f"{self.command} {path}")) is not None:
@@ -119,8 +132,6 @@ class _Handler(BaseHTTPRequestHandler):
     def route(self, path: str, query: dict, body) -> None:
         script = self.script
         repo = f"/repos/{script.owner}/{script.name}"
-        if self.command == "GET" and path == "/version" and script.version:
-            return self.reply(200, {"version": script.version})
         if self.command == "GET" and path == f"{repo}/pulls":
             return self.list_pulls(query)
         if self.command == "POST" and path == f"{repo}/pulls":
@@ -163,8 +174,8 @@ class _Handler(BaseHTTPRequestHandler):
         if not body or not all(body.get(key) for key in ("title", "head", "base")):
             missing = {"resource": "PullRequest", "field": "head", "code": "missing_field"}
             return self.reply(422, {"message": "Validation Failed", "errors": [missing]})
-        if any(pull["state"] == "open" and pull["head"]["ref"] == body["head"] and pull["base"]["ref"] == body["base"]
-               for pull in script.pulls):
+        if any(pull["state"] == "open" and pull["head"]["label"] == f"{script.owner}:{body['head']}"
+               and pull["base"]["ref"] == body["base"] for pull in script.pulls):
             return self.reply(422, {"message": "Validation Failed", "errors": [
                 {"resource": "PullRequest", "code": "custom",
                  "message": f"A pull request already exists for {script.owner}:{body['head']}."}]})
@@ -202,3 +213,90 @@ class _Handler(BaseHTTPRequestHandler):
             self.send_header(name, value)
         self.end_headers()
         self.wfile.write(data)
+
+
+# ---------------------------------------------------------------- a forge that misbehaves on the wire
+
+
+class HostileServer:
+    """A server on 127.0.0.1 that reads each request's head (and body, by its Content-Length) and writes the
+    bytes `answer(head)` gives, piece by piece, then closes: a broken proxy or a hostile host, below HTTP.
+    A generator may sleep between pieces (`trickle`); every request's head is kept in `heads`."""
+
+    def __init__(self, answer):
+        self.answer, self.heads = answer, []
+        self.closing = threading.Event()
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.url = f"http://127.0.0.1:{self.listener.getsockname()[1]}"
+
+    def serve(self) -> None:
+        while not self.closing.is_set():
+            try:
+                connection, _ = self.listener.accept()
+            except OSError:  # closed
+                return
+            threading.Thread(target=self.reply, args=(connection,), daemon=True).start()
+
+    def reply(self, connection: socket.socket) -> None:
+        with connection:
+            received = b""
+            try:
+                while b"\r\n\r\n" not in received and len(received) < 2**20:
+                    if not (more := connection.recv(65536)):
+                        return
+                    received += more
+                head, _, body = received.partition(b"\r\n\r\n")
+                length = re.search(rb"(?im)^content-length:\s*(\d+)", head)
+                while length and len(body) < int(length[1]) and (more := connection.recv(65536)):
+                    body += more
+                self.heads.append(head)
+                pieces = self.answer(head)
+                for piece in [pieces] if isinstance(pieces, bytes) else pieces:
+                    if self.closing.is_set():
+                        return
+                    connection.sendall(piece)
+            except OSError:  # the client gave up, as it should
+                return
+
+
+@contextmanager
+def hostile_server(answer) -> Iterator[HostileServer]:
+    server = HostileServer(answer)
+    threading.Thread(target=server.serve, daemon=True).start()
+    try:
+        yield server
+    finally:
+        server.closing.set()
+        server.listener.close()
+
+
+def http_answer(status: int, body: bytes, headers: dict[str, str] | None = None) -> bytes:
+    """An HTTP/1.1 answer as bytes, its Content-Length the body's unless `headers` says otherwise (None: none)."""
+    fields = {"Content-Type": "application/json", "Content-Length": str(len(body)), "Connection": "close",
+              **(headers or {})}
+    lines = [f"HTTP/1.1 {status} Whatever"] + [f"{name}: {value}" for name, value in fields.items() if value is not None]
+    return ("\r\n".join(lines) + "\r\n\r\n").encode() + body
+
+
+def json_answer(payload, status: int = 200) -> bytes:
+    return http_answer(status, json.dumps(payload).encode())
+
+
+def authorization_of(head: bytes) -> bytes:
+    found = re.search(rb"(?im)^authorization:[^\r\n]*", head)
+    return found[0] if found else b""
+
+
+def trickle(data: bytes, every_s: float):
+    """`data` a byte at a time, `every_s` apart: each read of the client's is quick, the whole is not."""
+    for index in range(len(data)):
+        time.sleep(every_s)
+        yield data[index:index + 1]
+
+
+def endless(head: bytes, piece: bytes = b"x" * 65536):
+    """A 200 whose JSON body never ends (a huge answer): the client must stop reading."""
+    yield http_answer(200, b"", {"Content-Length": str(2**40)})
+    yield b"["
+    while True:
+        yield piece

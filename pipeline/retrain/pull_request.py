@@ -11,7 +11,9 @@ Configuration (docs/retraining.md, "The pull request"), all on the worker that r
 
 A promotion is done once its branch is pushed: a pull request that cannot be opened (no token, an
 origin that is no forge, a branch that stayed local, a forge that said no) is one line saying how to
-open it, a warning when the forge said no, and never a failed run.
+open it, a warning when the forge said no, and never a failed run. Whatever goes wrong in the step (the
+wire, an answer of a shape no forge sends, a bug here) is one warning naming its type and an excerpt
+without the token: `open_pull_request` is the step's one boundary.
 """
 
 from __future__ import annotations
@@ -28,7 +30,9 @@ from prefect.runtime import flow_run
 from prefect.utilities.urls import url_for
 
 from classifier.compare import GateDecision
-from pipeline.forge import Forge, ForgeError, Project, api_base, compare_url, project_of
+from pipeline.forge.client import Forge, api_base
+from pipeline.forge.where import Project, compare_url, project_of
+from pipeline.forge.wire import ForgeError, words
 from pipeline.project import LOCK_PATH, PARAMS_PATH, flatten
 from pipeline.results import git, git_reader
 
@@ -139,8 +143,8 @@ def flow_run_url() -> str | None:
 def forge_project(origin: str | None, logger) -> Project | None:
     try:
         return project_of(origin, os.environ.get(API_ENV), os.environ.get(REPO_ENV))
-    except ValueError as error:
-        logger.warning("%s: %s", REPO_ENV, error)
+    except ValueError as error:  # a host of GitHub's that holds no repository, an owner/name no forge has
+        logger.warning("the origin or %s names no forge project: %s", REPO_ENV, words(str(error)))
         return None
 
 
@@ -161,19 +165,32 @@ def why_not(project: Project | None, local_repo: Path | None, token: str | None)
 def open_pull_request(workspace: Path, repo: str, local_repo: Path | None, base: str, branch: str,
                       decision: GateDecision, report: str) -> PullRequestNote:
     """Open (or, for a branch that has one, update) the promoted branch's pull request into `base`,
-    labelled `retrain`; or say in one line how to open it."""
+    labelled `retrain`; or say in one line how to open it. Raises nothing: the branch is pushed, and the
+    promotion stands whatever happens here."""
     logger = get_run_logger()
-    project = forge_project(origin_of(repo, local_repo), logger)
-    token = forge_token(logger) if project is not None and local_repo is None else None
-    at = f" at {compare_url(project, base, branch)}" if project else f" from {branch} into {base}"
-    if (reason := why_not(project, local_repo, token)) is not None:
-        line = f"no pull request: {reason}; open one{at}"
-        logger.info(line)
-        return PullRequestNote(None, line)
-    forge = Forge(os.environ.get(API_ENV) or api_base(project, token), project, token)
-    changes = changed_inputs(yaml.safe_load(git_reader(workspace, base)(LOCK_PATH) or "{}"),
-                             yaml.safe_load((workspace / LOCK_PATH).read_text()))
-    return submit(forge, base, branch, title(changes, decision), body(report, branch, flow_run_url()), at, logger)
+    token, at = "", f" from {branch} into {base}"
+    try:
+        project = forge_project(origin_of(repo, local_repo), logger)
+        token = (forge_token(logger) if project is not None and local_repo is None else None) or ""
+        if project is not None:
+            at = f" at {compare_url(project, base, branch)}"
+        if (reason := why_not(project, local_repo, token or None)) is not None:
+            line = f"no pull request: {reason}; open one{at}"
+            logger.info(line)
+            return PullRequestNote(None, line)
+        forge = Forge(os.environ.get(API_ENV) or api_base(project), project, token)
+        changes = changed_inputs(yaml.safe_load(git_reader(workspace, base)(LOCK_PATH) or "{}"),
+                                 yaml.safe_load((workspace / LOCK_PATH).read_text()))
+        return submit(forge, base, branch, title(changes, decision), body(report, branch, flow_run_url()), at, logger)
+    except Exception as error:  # the step's one boundary: the wire, an answer's shape, a bug; never the run
+        said = str(error) if isinstance(error, ForgeError) else f"{type(error).__name__}: {error}"
+        return not_opened(words(said, token, limit=600), at, logger)
+
+
+def not_opened(why: str, at: str, logger) -> PullRequestNote:
+    line = f"no pull request ({why}); open one{at}"
+    logger.warning(line)
+    return PullRequestNote(None, line)
 
 
 def submit(forge: Forge, base: str, branch: str, heading: str, text: str, at: str, logger) -> PullRequestNote:
@@ -181,9 +198,7 @@ def submit(forge: Forge, base: str, branch: str, heading: str, text: str, at: st
     try:
         pull = forge.open_or_update(branch, base, heading, text)
     except ForgeError as error:
-        line = f"no pull request ({error}); open one{at}"
-        logger.warning(line)
-        return PullRequestNote(None, line)
+        return not_opened(str(error), at, logger)
     try:
         forge.label(pull.number, [LABEL])
     except ForgeError as error:  # the pull request stands; only its label is missing

@@ -9,7 +9,8 @@ import secrets
 from pathlib import Path
 from types import SimpleNamespace
 
-from pipeline.forge import Forge, Project
+from pipeline.forge.client import Forge
+from pipeline.forge.where import Project
 from pipeline.retrain.pull_request import LABEL, body, changed_inputs, submit, title, why_not
 from tests.forge_server import FakeForge, ForgeScript, fake_forge
 
