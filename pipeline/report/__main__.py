@@ -9,12 +9,17 @@ per-example results and params are git-tracked), the head is the workspace. Gath
 judging is pipeline.report.build (under the BASE's `compare` policy), the markdown
 pipeline.report.render.
 
+With --check-head (CI: `make pr-report`), the head's outputs are first pulled from the DVC remote
+and its committed results checked against its dvc.lock; only what is missing or stale is computed,
+and the report says which results it judges (pipeline.report.head).
+
 Exit status: 0 report written; with --fail-on-regression, 1 when the head may be worse by as much
 as matters (the verdict is *worse by more than matters*, *worse, perhaps by enough to matter*, or
 *cannot tell* with a worsening that matters inside the interval; classifier.compare.Verdict.fails),
 and 2 when nothing could be judged (*not comparable*: different test sets; *could not judge*:
 the base is not in the clone, or its results or policy cannot be read). 2 also for a problem to
-fix first (no results in the workspace, not a git repo).
+fix first (no results in the workspace, not a git repo), and, with --check-head, when the pulled model
+is not the one dvc.lock records or stale results could not be rerun.
 """
 
 from __future__ import annotations
@@ -30,6 +35,7 @@ from classifier.compare import exit_status, headline
 from classifier.files import atomic_write_text
 from pipeline.report.build import build_report
 from pipeline.report.changes import repo_root
+from pipeline.report.head import check_head
 from pipeline.report.render import render_markdown
 
 log = logging.getLogger("report")
@@ -42,17 +48,24 @@ def generate(argv: Sequence[str] | None) -> int:
     parser.add_argument("--fail-on-regression", action="store_true",
                         help="exit 1 when the head may be worse by as much as matters, 2 when base and head could not be compared")
     parser.add_argument("--artifacts-url", help="where comment.md says the images are (the CI run's artifacts page)")
+    parser.add_argument("--check-head", action="store_true",
+                        help="first pull the head's outputs from the DVC remote, check its committed results against "
+                             "its dvc.lock and compute only what is missing or stale (pipeline.report.head; make pr-report)")
     args = parser.parse_args(argv)
 
     repo = repo_root(Path.cwd())
     out_dir = args.out if args.out.is_absolute() else Path.cwd() / args.out
-    report = build_report(repo, args.base, out_dir)
+    check = check_head(repo, lambda line: print(line, file=sys.stderr, flush=True)) if args.check_head else None
+    report = build_report(repo, args.base, out_dir, check.lines if check else None)
     atomic_write_text(out_dir / "report.md", render_markdown(report))
     atomic_write_text(out_dir / "comment.md", render_markdown(report, inline_images=False, artifacts_url=args.artifacts_url))
     log.info("wrote %s (%d images)", out_dir / "report.md", len(report.figures))
     judgement = report.judgement
     log.info("verdict against %s: %s (%s)", args.base, headline(judgement), judgement.reason)
 
+    if check is not None and check.problem:
+        print(f"nothing judged against {args.base}: {check.problem}", file=sys.stderr)
+        return 2
     status = exit_status(judgement.verdict)
     if not args.fail_on_regression or status == 0:
         return 0

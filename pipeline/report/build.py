@@ -127,7 +127,8 @@ def judge_snapshots(base: Snapshot | None, head: Snapshot, base_where: str, note
     return judgement, policy
 
 
-def build_report(repo: Path, base_name: str, out_dir: Path) -> Report:
+def build_report(repo: Path, base_name: str, out_dir: Path, head_check: list[str] | None = None) -> Report:
+    """`head_check`: CI's lines on what is judged at the head and how (pipeline.report.head)."""
     head = read_snapshot(workspace_reader(repo), "in the workspace")
     if head.metrics is None or head.results is None:
         raise ReportError(f"{METRICS_PATH}, {EVALUATION_PATH} and {PREDICTIONS_PATH} must all be in the workspace: "
@@ -171,6 +172,7 @@ def build_report(repo: Path, base_name: str, out_dir: Path) -> Report:
         stages=stage_changes(base.lock if base else None, head.lock, stage_order(repo)) if head.lock else None,
         model_base=model_hash(base.lock, cache_dir, None) if base and base.lock else None,
         model_head=model_hash(head.lock, cache_dir, repo / MODEL_PATH),
+        head_check=head_check,
     )
     out_dir.mkdir(parents=True, exist_ok=True)
     report.figures = draw_figures(base, head, head.evaluation.get("classes", []), out_dir, repo, notes)

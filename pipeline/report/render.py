@@ -54,6 +54,7 @@ class Report:
     figures: list[Figure] = field(default_factory=list)
     plots_html: str | None = None
     plots_problem: str | None = None
+    head_check: list[str] | None = None  # CI's (--check-head): what is judged, what was pulled, checked, reproduced
 
 
 def _number(value: float | None) -> str:
@@ -146,6 +147,8 @@ def render_markdown(report: Report, inline_images: bool = True, artifacts_url: s
     lines += ["| | |", "|---|---|", f"| base | {base} |", f"| head | {head} |",
               f"| dataset | {text(report.evaluation.get('dataset', '?'))} ({samples}) |",
               f"| test set | {code(fingerprint[:19])}… |", ""]
+    if report.head_check:
+        lines += ["### What is judged", ""] + [f"- {line}" for line in report.head_check] + [""]
     lines += [f"> **Note:** {note}\n" for note in report.notes]
     lines += verdict_lines(report)
 

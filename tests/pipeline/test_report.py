@@ -205,7 +205,8 @@ def test_workflow_parses_and_its_make_targets_exist():
     # The job that runs the head's code can only read; the one that writes runs none of it.
     assert workflow["permissions"] == {}
     report_job, comment_job = workflow["jobs"]["report"], workflow["jobs"]["comment"]
-    assert report_job["permissions"] == {"contents": "read"}
+    # id-token: only to trade GitHub's OIDC token for the DVC remote's read-only role; never a write token.
+    assert report_job["permissions"] == {"contents": "read", "id-token": "write"}
     assert comment_job["permissions"] == {"pull-requests": "write"} and comment_job["needs"] == "report"
     assert all("run" not in step and not step.get("uses", "").startswith("actions/checkout")
                for step in comment_job["steps"])
