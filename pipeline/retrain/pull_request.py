@@ -6,7 +6,7 @@ Configuration (docs/retraining.md, "The pull request"), all on the worker that r
   `classifier-forge-token`; never a tracked file, and never written to a log, state, event or artifact;
 - CLASSIFIER_FORGE_API: the forge's API base, where the origin's host does not say it
   (https://api.github.com, https://host/api/v3 for GitHub Enterprise Server, https://host/api/v1 for
-  Gitea and Forgejo; without it the host is asked, pipeline.forge.api_base);
+  Gitea and Forgejo; without it the host is asked, pipeline.forge.client.api_base);
 - CLASSIFIER_FORGE_REPO: owner/name, where the origin cannot say it (a bare repository on a shared disk).
 
 A promotion is done once its branch is pushed: a pull request that cannot be opened (no token, an

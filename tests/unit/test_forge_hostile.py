@@ -205,3 +205,16 @@ def test_the_token_is_blanked_in_every_form_an_error_can_quote_it():
     assert words("echoed 'authorization: token abc123def456'") == "echoed 'authorization: ***'"  # anyone's
     assert words("x" * 1000 + token, token).endswith("…")  # cut after blanking: no half of it is left
     assert words("Bearer tokens expire; token invalid") == "Bearer tokens expire; token invalid"  # words, not secrets
+
+
+def test_the_environments_proxy_is_used_as_urllib_would(monkeypatch):
+    for name in ("no_proxy", "NO_PROXY", "HTTP_PROXY"):
+        monkeypatch.delenv(name, raising=False)
+    with hostile_server(lambda head: json_answer([])) as proxy:
+        monkeypatch.setenv("http_proxy", proxy.url)
+        assert Forge("http://127.0.0.1:9/api/v3", PROJECT, TOKEN, timeout=CALL_S).find_open(BRANCH, "main") is None
+        monkeypatch.setenv("no_proxy", "127.0.0.1")
+        with pytest.raises(ForgeError, match="cannot be reached"):  # port 9, asked directly: nothing there
+            Forge("http://127.0.0.1:9/api/v3", PROJECT, TOKEN, timeout=CALL_S).find_open(BRANCH, "main")
+    [head] = proxy.heads
+    assert head.startswith(b"GET http://127.0.0.1:9/api/v3/repos/octo/models/pulls?")
