@@ -151,6 +151,11 @@ server: $(ENV)  ## start a Prefect server on PREFECT_HOST:PREFECT_PORT (default 
 	exec $(BIN)/prefect server start --host '$(PREFECT_HOST)' --port '$(PREFECT_PORT)'
 
 worker deploy data-updated: export PREFECT_API_URL ?= $(SERVER_URL)/api
+# What the deployments' retrains branch from and push to (prefect.yaml's build steps): `checkout`, this folder (one
+# machine: your own commits; the branch stays here); `origin`, its URL (workers elsewhere; the branch is pushed
+# there); or any git URL.
+REPO ?= checkout
+deploy: export CLASSIFIER_DEPLOY_REPO := $(REPO)
 # A SERVER_URL given (command line or environment) is also where the clients' links point, and `make retrain`'s
 # server; without one, Prefect makes the links from PREFECT_API_URL and make retrain uses the project's local server.
 ifneq ($(origin SERVER_URL),file)
@@ -173,7 +178,7 @@ worker: $(ENV)  ## start a worker on work pool POOL=cpu|gpu (created if missing)
 	$(BIN)/prefect work-pool inspect '$(POOL)' >/dev/null 2>&1 || $(BIN)/prefect work-pool create '$(POOL)' --type process
 	exec $(BIN)/python -c '$(DEFAULT_SIGINT)' $(BIN)/prefect worker start --pool '$(POOL)' $(if $(LIMIT),--limit '$(LIMIT)')
 
-deploy: $(ENV)  ## register prefect.yaml's deployments and automations (idempotent) with the server
+deploy: $(ENV)  ## register prefect.yaml's deployments and automations (idempotent); REPO=origin for workers on other machines
 	for pool in cpu gpu; do $(BIN)/prefect work-pool inspect $$pool >/dev/null 2>&1 || $(BIN)/prefect work-pool create $$pool --type process; done
 	$(BIN)/prefect --no-prompt deploy --all
 	$(BIN)/python -m pipeline.server.automations --file prefect.yaml

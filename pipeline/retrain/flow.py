@@ -40,7 +40,7 @@ from pipeline.results import git_reader, same_published_model
 from pipeline.retrain.gate import RECORD_PATH, GateError, decision_report, judge_challenger, write_record
 from pipeline.retrain.pull_request import open_pull_request
 from pipeline.retrain.workspace import (
-    RetrainError, close_workspace, dvc, git, has_dvc_remote, open_workspace, restore_outputs,
+    RetrainError, check_push_access, close_workspace, dvc, git, has_dvc_remote, open_workspace, restore_outputs,
 )
 from pipeline.run.flow import train_pipeline
 
@@ -149,6 +149,8 @@ def retrain(repo: str = ".", base: str = "main", device: str | None = None, work
     workspace, local_repo = open_workspace(repo, base, root)
     logger.info("workspace %s at %s", workspace, base)
     try:
+        if local_repo is None:  # a clone pushes its branch back: know before training that it can
+            check_push_access(workspace)
         restore_outputs(workspace, local_repo, logger)
         run = train_pipeline(project_dir=str(workspace), device=device and trained_as(device), timeout_s=timeout_s)
         if not run["changed"] or same_model_as_champion(workspace, base):

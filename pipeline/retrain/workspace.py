@@ -211,6 +211,19 @@ def _logger():
         return logging.getLogger(__name__)
 
 
+def check_push_access(workspace: Path) -> None:
+    """Stop a retrain of a clone before it trains when its origin will not take the branch it would push
+    (a public repository cloned read-only, say): `git push --dry-run` asks the origin, writes nothing."""
+    result = subprocess.run(["git", "push", "--dry-run", "--quiet", "origin", "HEAD:refs/heads/retrain/push-check"],
+                            cwd=workspace, env=stage_env({"GIT_TERMINAL_PROMPT": "0"}), capture_output=True, text=True)
+    if result.returncode != 0:
+        url = subprocess.run(["git", "remote", "get-url", "origin"], cwd=workspace, env=stage_env(),
+                             capture_output=True, text=True).stdout.strip()
+        said = (result.stderr.strip().splitlines() or [f"exit {result.returncode}"])[-1]
+        raise RetrainError(f"cannot push to {url} ({said}): nothing trained. Retrain your own checkout "
+                           "(make retrain; make deploy without REPO), or a repository you can push to")
+
+
 def has_dvc_remote(workspace: Path) -> bool:
     return bool(dvc(workspace, "remote", "list", what="listing DVC remotes").strip())
 
