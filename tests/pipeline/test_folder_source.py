@@ -4,6 +4,11 @@ bad image stops prepare, and what DVC stores for the images is a few packs, not 
 from __future__ import annotations
 
 import json
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -72,3 +77,56 @@ def test_the_default_stays_mnist_5k_offline_with_a_hash_split(reproduced_project
     assert meta["dataset"] == "mnist-5k" and len(table) == 5000
     assert meta["samples"] == table["split"].value_counts().to_dict()
     assert np.isclose(meta["samples"]["test"] / 5000, 0.2, atol=0.03)
+
+
+@pytest.fixture
+def s3_folder(tmp_path, monkeypatch):
+    """An S3-compatible server on loopback (moto) with a bucket, and the environment DVC's s3 file system
+    needs to reach it: (bucket url, boto3 client)."""
+    boto3 = pytest.importorskip("boto3")
+    server = Path(sys.executable).with_name("moto_server")
+    if not server.exists():
+        pytest.skip("moto_server is not installed (pip install 'moto[server]')")
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    process = subprocess.Popen([str(server), "-H", "127.0.0.1", "-p", str(port)], stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL)
+    for name, value in {"AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test",
+                        "AWS_DEFAULT_REGION": "us-east-1", "AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}"}.items():
+        monkeypatch.setenv(name, value)
+    try:
+        client = boto3.client("s3")
+        for _ in range(100):
+            try:
+                client.create_bucket(Bucket="images")
+                break
+            except Exception:  # noqa: BLE001  (not listening yet)
+                time.sleep(0.1)
+        yield "s3://images/digits", client
+    finally:
+        process.terminate()
+        process.wait(timeout=10)
+
+
+def test_a_folder_at_an_s3_url_is_listed_not_downloaded_to_tell_what_is_new(project, tmp_path, s3_folder):
+    url, client = s3_folder
+    tree = tmp_path / "digits"
+    export_mnist_5k(tree, 0, 400)
+
+    for path in tree.rglob("*.png"):
+        client.upload_file(str(path), "images", f"digits/{path.relative_to(tree)}")
+    write_params(project, **{"data.dataset": "folder", "data.folder": url})
+    commit_all(project, "train on a bucket")
+    first = dvc(project, "repro", "prepare")
+    assert "400 files listed, 400 read" in first.stdout + first.stderr
+    unchanged = dvc(project, "repro", "prepare").stdout
+    assert "Stage 'download' didn't change, skipping" in unchanged
+
+    export_mnist_5k(tree, 400, 500)
+    new_rows = {str(path.relative_to(tree)) for path in tree.rglob("*.png")} - set(manifest(project)["path"])
+    for relative in new_rows:
+        client.upload_file(str(tree / relative), "images", f"digits/{relative}")
+    grown = dvc(project, "repro", "prepare")
+    assert "500 files listed, 100 read" in grown.stdout + grown.stderr
+    assert len(manifest(project)) == 500
