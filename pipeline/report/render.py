@@ -94,7 +94,7 @@ def verdict_lines(report: Report) -> list[str]:
     if judgement.paired is not None:
         paired = judgement.paired
         lines += [f"{paired.n:,} test images scored by both models: {paired.base_only} right only at base, "
-                  f"{paired.head_only} right only at head, the rest the same (exact McNemar test of accuracy: "
+                  f"{paired.head_only} right only at head, the rest the same (McNemar's test of accuracy: "
                   f"p = {p_value_text(paired.p_value)}; below {report.policy.alpha:g} means the accuracy change is "
                   "more than chance).", ""]
     if judgement.verdict == NOT_COMPARABLE:
@@ -122,7 +122,7 @@ def metrics_lines(report: Report) -> list[str]:
     lines.append("")
     if report.policy is not None and judgement.paired is not None:
         lines += [f"Judged by the base's `compare` policy: alpha {report.policy.alpha:g}, "
-                  f"{report.policy.resamples:,} paired bootstrap resamples (fixed seed).", ""]
+                  "intervals: Tango's score interval for accuracy, carried to macro F1 by the jackknife; Student's t for loss.", ""]
     if judgement.resolution:
         lines += ["What this test split resolves: the change an equally good model stays within 95% of the time.", ""]
         lines += [f"- {'' if item.resolved else '**Warning:** '}{text(item.describe())}" for item in judgement.resolution]

@@ -1,4 +1,7 @@
-"""Judging on per-example tables: the paired tests, the verdicts and the retrain gate (no torch, no DVC)."""
+"""Judging on per-example tables: the paired tests, the verdicts and the retrain gate (no torch, no DVC).
+
+Every case of the words is tested on constructed tables, never on a real retrain (whose numbers
+depend on the CPU it ran on)."""
 
 from __future__ import annotations
 
@@ -7,13 +10,14 @@ import ast
 import numpy as np
 import pandas as pd
 import pytest
-from scipy import stats
+from scipy import optimize, stats
 from sklearn.metrics import f1_score
 
 from classifier import compare
 from classifier.compare import (
     COULD_NOT_JUDGE, IMPROVED, NEW, NO_CHANGE, NOT_COMPARABLE, REGRESSED, PredictionsError, Results, Verdict,
-    cannot_judge, exit_status, gate, headline, judge, metric_verdict, point_metrics, read_predictions,
+    accuracy_interval, cannot_judge, exit_status, gate, headline, judge, mcnemar_p, metric_verdict, point_metrics,
+    read_predictions,
 )
 from classifier.params import CompareParams, load_params
 from tests.conftest import PROJECT_ROOT
@@ -21,10 +25,9 @@ from tests.conftest import PROJECT_ROOT
 CLASSES = [str(digit) for digit in range(10)]
 
 
-def policy(alpha: float = 0.05, accuracy: float = 0.005, macro_f1: float = 0.005, loss: float = 0.02,
-           resamples: int = 2000) -> CompareParams:
+def policy(alpha: float = 0.05, accuracy: float = 0.005, macro_f1: float = 0.005, loss: float = 0.02) -> CompareParams:
     return CompareParams.model_validate(
-        {"alpha": alpha, "resamples": resamples, "min_effect": {"accuracy": accuracy, "macro_f1": macro_f1, "loss": loss}})
+        {"alpha": alpha, "min_effect": {"accuracy": accuracy, "macro_f1": macro_f1, "loss": loss}})
 
 
 def table(actual: np.ndarray, predicted: np.ndarray, loss: np.ndarray | None = None) -> pd.DataFrame:
@@ -105,8 +108,38 @@ def test_identical_results_are_no_detectable_change_with_zero_discordant_pairs()
     assert judged.verdict == NO_CHANGE and exit_status(judged.verdict) == 0
     assert (judged.paired.base_only, judged.paired.head_only, judged.paired.p_value) == (0, 0, 1.0)
     for metric in judged.metrics:
-        assert metric.delta == 0 and metric.low == 0 and metric.high == 0 and metric.verdict == NO_CHANGE
+        assert metric.delta == 0 and metric.low <= 0 <= metric.high and metric.verdict == NO_CHANGE
+    # No example changed sides, but 1,000 examples cannot rule out a change of a few in a thousand.
+    accuracy = judged.metrics[0]
+    assert accuracy.low == pytest.approx(-accuracy.high) and 0.003 < accuracy.high < 0.005
     assert headline(judged) == "no detectable change (accuracy +0.0000, macro F1 +0.0000, loss +0.0000)"
+
+
+def test_zero_disagreements_on_a_small_test_set_is_not_called_certain():
+    # 20 identical predictions: the interval follows n, so a change as large as min_effect could hide.
+    base = base_table(n=20, accuracy=0.9)
+    judged = judge(results(base), results(base.copy()), default_policy())
+    verdicts = {metric.name: metric.verdict for metric in judged.metrics}
+    assert verdicts["accuracy"] == verdicts["macro_f1"] == Verdict.CANNOT_TELL_EITHER
+    assert judged.verdict == Verdict.CANNOT_TELL_EITHER and exit_status(judged.verdict) == 1
+    accuracy = judged.metrics[0]
+    assert accuracy.high > 0.1 and accuracy.low < -0.1
+    resolves = {item.name: item for item in judged.resolution}
+    assert resolves["accuracy"].margin > 0.1 and not resolves["accuracy"].resolved
+    assert "resolves 0.0000" not in resolves["accuracy"].describe()
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -1.0])
+@pytest.mark.parametrize("side", ["base", "head"])
+def test_a_loss_that_is_not_a_number_is_a_clear_error(bad, side):
+    base = base_table(n=100)
+    broken = base.copy()
+    broken.loc[7, "loss"] = bad
+    tables = (broken, base) if side == "base" else (base, broken)
+    with pytest.raises(PredictionsError, match=rf"the {side}'s per-example results: row 8: loss .* is not a number >= 0"):
+        judge(results(tables[0]), results(tables[1]), policy())
+    with pytest.raises(PredictionsError, match="row 8"):
+        gate(*tables, policy(), None)
 
 
 # Every case of the words, on an interval of head - base (accuracy: higher is better; loss: lower),
@@ -155,18 +188,39 @@ def test_a_large_loss_of_accuracy_is_regressed_with_mcnemar_p_value_and_interval
     assert accuracy.verdict == REGRESSED and accuracy.delta == pytest.approx(-0.05)
     assert accuracy.low < accuracy.delta < accuracy.high < -0.005
     assert (judged.paired.base_only, judged.paired.head_only) == (60, 10)
-    assert judged.paired.p_value == pytest.approx(stats.binomtest(10, 70, 0.5).pvalue)
+    # McNemar's score test: (c - b) / sqrt(b + c) against the normal, no continuity correction.
+    assert judged.paired.p_value == pytest.approx(2 * stats.norm.sf(50 / np.sqrt(70)))
     assert judged.paired.p_value < 1e-8 and judged.confidence == 0.95
 
 
-def test_the_accuracy_interval_is_the_one_mcnemar_inverts():
-    # 70 discordant pairs, 10 of them won by the head: the change is 70 (2p - 1) / n for p in the
-    # Clopper-Pearson interval of 10 / 70.
-    base = base_table()
-    judged = judge(results(base), results(with_flips(base, to_wrong=60, to_right=10)), policy())
-    exact = stats.binomtest(10, 70, 0.5).proportion_ci(0.95, method="exact")
-    assert (judged.metrics[0].low, judged.metrics[0].high) == pytest.approx(
-        (70 * (2 * exact.low - 1) / 1000, 70 * (2 * exact.high - 1) / 1000))
+def test_the_accuracy_interval_is_tango_s_score_interval():
+    # 26 right only at base, none only at head, of 1,051: the scaled Clopper-Pearson interval said
+    # [-0.0247, -0.0182], which misses the truth more often than not for such one-sided changes.
+    low, high = accuracy_interval(26, 0, 1051, 0.95)
+    assert (float(low), float(high)) == pytest.approx((-0.0360, -0.0169), abs=5e-5)
+    # Each end is where Tango's statistic, the observed change's distance in fitted standard
+    # errors, reaches 1.96: recompute it from the restricted likelihood (Tango 1998) with scipy.
+    for base_only, head_only, n in ((60, 10, 1000), (3, 9, 1051), (0, 0, 20), (40, 41, 10_000)):
+        ends = accuracy_interval(base_only, head_only, n, 0.95)
+        for end in ends:
+            end = float(end)
+            fitted = optimize.minimize_scalar(
+                lambda share: -(base_only * np.log(share) + head_only * np.log(share + end)
+                                + (n - base_only - head_only) * np.log(1 - 2 * share - end)),
+                bounds=(max(0, -end) + 1e-12, (1 - end) / 2 - 1e-12), method="bounded",
+                options={"xatol": 1e-14}).x
+            statistic = (head_only - base_only - n * end) / np.sqrt(n * (2 * fitted + end * (1 - end)))
+            assert abs(statistic) == pytest.approx(stats.norm.ppf(0.975), abs=2e-3) or abs(end) == 1
+
+
+def test_accuracy_s_interval_excludes_zero_exactly_when_mcnemar_rejects_for_every_count_pair():
+    base_only, head_only = np.meshgrid(np.arange(0, 80), np.arange(0, 80))
+    for n in (160, 1051, 10_000):
+        for alpha in (0.01, 0.05, 0.2):
+            low, high = accuracy_interval(base_only, head_only, n, 1 - alpha)
+            excludes_zero = (low > 0) | (high < 0)
+            assert np.array_equal(excludes_zero, mcnemar_p(base_only, head_only) < alpha), (n, alpha)
+            assert np.all(low <= (head_only - base_only) / n) and np.all((head_only - base_only) / n <= high)
 
 
 @pytest.mark.parametrize("to_wrong, to_right", [(5, 0), (6, 0), (9, 2), (10, 2), (3, 12), (2, 10)])
@@ -188,13 +242,13 @@ def test_a_gain_is_improved():
 def test_a_real_change_below_min_effect_is_worse_but_by_less_than_matters():
     base = base_table(n=10_000)
     head = with_flips(base, to_wrong=30, to_right=0)  # -0.003: certain, but smaller than 0.005
-    judged = judge(results(base), results(head), policy(loss=1.0, macro_f1=1.0, resamples=1000))
+    judged = judge(results(base), results(head), policy(loss=1.0, macro_f1=1.0))
     accuracy = next(metric for metric in judged.metrics if metric.name == "accuracy")
-    assert -0.005 < accuracy.low and accuracy.high < 0 and judged.paired.p_value < 1e-8
+    assert -0.005 < accuracy.low and accuracy.high < 0 and judged.paired.p_value < 1e-6
     assert accuracy.verdict == Verdict.WORSE_SMALL and judged.verdict == Verdict.WORSE_SMALL
     assert exit_status(judged.verdict) == 0 and headline(judged).startswith("worse, but by less than matters (accuracy")
     # The same change with a smaller min_effect is worse by more than matters: the policy decides what matters.
-    smaller = policy(accuracy=0.002, loss=1.0, macro_f1=1.0, resamples=1000)
+    smaller = policy(accuracy=0.002, loss=1.0, macro_f1=1.0)
     assert judge(results(base), results(head), smaller).verdict == REGRESSED
 
 
@@ -211,7 +265,7 @@ def test_a_large_change_that_noise_could_explain_cannot_be_told():
     head = with_flips(base, to_wrong=2, to_right=0)  # -0.02, four times min_effect, but only 2 examples
     judged = judge(results(base), results(head), policy(loss=1.0, macro_f1=1.0))
     accuracy = next(metric for metric in judged.metrics if metric.name == "accuracy")
-    assert accuracy.delta == pytest.approx(-0.02) and judged.paired.p_value == 0.5
+    assert accuracy.delta == pytest.approx(-0.02) and judged.paired.p_value == pytest.approx(2 * stats.norm.sf(np.sqrt(2)))
     assert accuracy.low <= -0.005 and accuracy.high >= 0.005
     assert accuracy.verdict == Verdict.CANNOT_TELL_EITHER and exit_status(accuracy.verdict) == 1
 
@@ -289,13 +343,13 @@ def test_a_measurably_worse_challenger_within_the_margin_is_kept_out_unless_the_
     # resolves and that is under min_effect (0.005), so it is non-inferior, and yet measurably worse.
     champion = base_table(n=10_000, accuracy=0.95)
     challenger = with_flips(champion, to_wrong=30, to_right=0)
-    decision = gate(champion, challenger, policy(loss=1.0, macro_f1=1.0, resamples=1000), None)
+    decision = gate(champion, challenger, policy(loss=1.0, macro_f1=1.0), None)
     assert decision.checks["accuracy non-inferior"] and not decision.checks["accuracy not measurably worse"]
     assert not decision.promote and decision.judgement.metrics[0].verdict == Verdict.WORSE_SMALL
     assert decision.reason.startswith("not promoted: worse, but by less than matters (accuracy -0.0030")
     assert "Measurably worse on accuracy (95% interval -0.00" in decision.reason
     assert "keep_out_measurably_worse" in decision.reason
-    tolerant = policy(loss=1.0, macro_f1=1.0, resamples=1000).model_copy(update={"keep_out_measurably_worse": []})
+    tolerant = policy(loss=1.0, macro_f1=1.0).model_copy(update={"keep_out_measurably_worse": []})
     decision = gate(champion, challenger, tolerant, None)
     assert decision.promote and "accuracy not measurably worse" not in decision.checks
     # Promoted all the same, the words still say what the interval says.
@@ -306,7 +360,7 @@ def test_a_chain_of_slightly_worse_challengers_is_not_all_promoted():
     # The policy tolerates measurable worsening here, to show what the record alone does: each
     # challenger loses 0.003 accuracy, non-inferior on its own.
     champion = base_table(n=10_000, accuracy=0.95)
-    rules = policy(loss=1.0, macro_f1=1.0, resamples=1000).model_copy(update={"keep_out_measurably_worse": []})
+    rules = policy(loss=1.0, macro_f1=1.0).model_copy(update={"keep_out_measurably_worse": []})
     best, promoted, accuracies = None, 0, [point_metrics(champion)["accuracy"]]
     for step in range(5):
         challenger = with_flips(champion, to_wrong=30, to_right=0, seed=step)
@@ -326,7 +380,7 @@ def test_a_chain_of_slightly_worse_challengers_is_not_all_promoted():
 def test_without_the_record_the_same_chain_drifts():
     # Why the record exists: non-inferiority step by step promotes all five.
     champion = base_table(n=10_000, accuracy=0.95)
-    rules = policy(loss=1.0, macro_f1=1.0, resamples=1000).model_copy(update={"keep_out_measurably_worse": []})
+    rules = policy(loss=1.0, macro_f1=1.0).model_copy(update={"keep_out_measurably_worse": []})
     start = point_metrics(champion)["accuracy"]
     for step in range(5):
         challenger = with_flips(champion, to_wrong=30, to_right=0, seed=step)
@@ -357,12 +411,18 @@ def test_gate_refuses_tables_that_do_not_pair():
         gate(champion, champion.iloc[::-1].reset_index(drop=True), policy(), None)
 
 
-def test_compare_is_pure():
-    tree = ast.parse((PROJECT_ROOT / "src" / "classifier" / "compare.py").read_text())
+@pytest.mark.parametrize("module", ["compare", "tables", "intervals", "verdicts", "judgement", "gate_rule"])
+def test_judging_is_pure(module):
+    tree = ast.parse((PROJECT_ROOT / "src" / "classifier" / f"{module}.py").read_text())
     imported = {alias.name.split(".")[0] for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names}
     imported |= {node.module.split(".")[0] for node in ast.walk(tree) if isinstance(node, ast.ImportFrom) and node.module}
-    assert not imported & {"torch", "subprocess", "dvc", "git", "os", "pathlib"}, imported
-    assert compare.BOOTSTRAP_SEED  # a fixed seed, so reports are reproducible
+    assert not imported & {"torch", "subprocess", "dvc", "git", "os", "pathlib", "random"}, imported
+
+
+def test_the_same_tables_always_give_the_same_judgement():
+    base = base_table()
+    head = with_flips(base, to_wrong=12, to_right=5).assign(loss=lambda table: table["loss"] * 1.1)
+    assert judge(results(base), results(head), policy()) == judge(results(base), results(head.copy()), policy())
 
 
 # ---------------------------------------------------------------- resolution and the default policy
@@ -438,8 +498,9 @@ def test_resolution_follows_the_discordance_and_says_what_the_margin_needs():
     champion, challenger = realistic_pair(np.random.default_rng(3), discordant=30)
     decision = gate(champion, challenger, policy(accuracy=0.005), None)
     accuracy = {item.name: item for item in decision.resolution}["accuracy"]
-    # Each discordant pair moves the accuracy delta by 1/n: its spread is sqrt(d) / n.
-    expected = (stats.norm.ppf(0.95) * 2) * np.sqrt(30) / DEFAULT_TEST_IMAGES
+    # Each discordant pair moves the accuracy delta by 1/n: its spread is sqrt(d) / n, and the
+    # interval's lower end must clear the margin 95% of the time.
+    expected = (stats.norm.ppf(0.975) + stats.norm.ppf(0.95)) * np.sqrt(30) / DEFAULT_TEST_IMAGES
     assert accuracy.margin == pytest.approx(expected, rel=0.25)
     assert not accuracy.resolved and accuracy.examples == DEFAULT_TEST_IMAGES
     assert accuracy.examples_needed == pytest.approx(DEFAULT_TEST_IMAGES * (accuracy.margin / 0.005) ** 2, rel=1e-3)
@@ -453,3 +514,81 @@ def test_a_judgement_states_its_resolution():
     judgement = judge(results(base), results(with_flips(base, to_wrong=10, to_right=10)), policy())
     assert [item.name for item in judgement.resolution] == list(compare.METRICS)
     assert all(item.margin > 0 and item.examples == len(base) for item in judgement.resolution)
+
+
+# ---------------------------------------------------------------- the gate and the report agree
+
+
+def loss_shift_pair(n: int, mean_change: float, spread: float) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The same predictions; each example's loss moved by mean_change + spread x (a standardised draw)."""
+    champion = base_table(n=n).assign(loss=2.0)
+    draws = np.random.default_rng(4).standard_normal(n)
+    draws = (draws - draws.mean()) / draws.std(ddof=1)
+    return champion, champion.assign(loss=champion["loss"] + mean_change + spread * draws)
+
+
+def test_a_challenger_the_report_fails_is_not_promoted_the_loss_0654_shape():
+    # The retrain that parted them: "promoted: worse, perhaps by enough to matter (loss +0.0654) ...
+    # non-inferior on every metric" while --fail-on-regression exited 1. A one-sided 95% bound
+    # (a 90% interval's end) stayed under min_effect 0.1; the report's 95% interval crosses it.
+    rules = default_policy()
+    champion, challenger = loss_shift_pair(1051, 0.0654, spread=0.019 * np.sqrt(1051))
+    one_sided = stats.t.interval(0.90, 1050, loc=0.0654, scale=0.019)[1]
+    assert one_sided < rules.min_effect.loss  # where the old rule promoted
+    decision = gate(champion, challenger, rules, None)
+    loss = {metric.name: metric for metric in decision.judgement.metrics}["loss"]
+    assert loss.verdict == Verdict.WORSE_MAY_MATTER and loss.delta == pytest.approx(0.0654)
+    assert loss.low < 0.1 <= loss.high and exit_status(decision.judgement.verdict) == 1
+    assert not decision.promote and not decision.checks["loss non-inferior"]
+    assert decision.reason.startswith("not promoted: worse, perhaps by enough to matter (loss +0.0654)")
+    assert f"Loss gain could be as low as {-loss.high:+.4f} (the 95% interval's lower end), below -0.1" in decision.reason
+    assert decision.gain_lower_bounds["loss"] == pytest.approx(-loss.high)
+
+
+def test_every_challenger_the_gate_promotes_passes_the_report_on_the_same_tables():
+    # Random pairs around every boundary: accuracy changes either way, loss shifts near min_effect,
+    # macro F1 moved by mistakes changing class; small and larger test sets.
+    rng = np.random.default_rng(29)
+    rules = default_policy()
+    promoted = 0
+    for trial in range(150):
+        n = int(rng.choice([60, 300, 1051]))
+        champion = base_table(n=n, accuracy=rng.uniform(0.85, 0.97), seed=trial)
+        right = int((champion["actual"] == champion["predicted"]).sum())
+        challenger = with_flips(champion, to_wrong=int(rng.integers(0, max(1, right // 20))),
+                                to_right=int(rng.integers(0, max(1, (n - right) // 2))), seed=trial)
+        challenger = challenger.assign(loss=np.maximum(challenger["loss"] + rng.normal(rng.uniform(-0.1, 0.12),
+                                                                                        rng.uniform(0, 1.5), n), 0))
+        decision = gate(champion, challenger, rules, None)
+        report = judge(results(champion), results(challenger), rules)
+        assert report == decision.judgement  # the gate judges with the report's own judgement
+        for metric in report.metrics:
+            assert decision.checks[f"{metric.name} non-inferior"] == (not metric.verdict.fails)
+        if decision.promote:
+            promoted += 1
+            assert exit_status(report.verdict) == 0, decision.reason
+    assert 10 < promoted < 140  # both outcomes were tried
+
+
+# ---------------------------------------------------------------- macro F1 on one class set
+
+
+def test_macro_f1_s_change_and_interval_average_over_one_class_set():
+    # The base predicts a class the test split does not hold ("X"); the head makes those mistakes
+    # in real classes. The change and its interval both average over the union of classes.
+    base = base_table()
+    wrong = np.flatnonzero(base["actual"] != base["predicted"])[:40]
+    base.loc[wrong, "predicted"] = "X"
+    head = base.copy()
+    head.loc[wrong, "predicted"] = [CLASSES[(int(actual) + 1) % 10] for actual in head.loc[wrong, "actual"]]
+    judged = judge(results(base), results(head), policy(macro_f1=0.02))
+    macro = {metric.name: metric for metric in judged.metrics}["macro_f1"]
+    labels = sorted(set(base["actual"]) | set(base["predicted"]) | set(head["predicted"]))
+    expected = [f1_score(table["actual"], table["predicted"], labels=labels, average="macro", zero_division=0)
+                for table in (base, head)]
+    assert (macro.base, macro.head) == pytest.approx(expected)
+    # Each side over its own classes read +0.068; over one set the head's 40 mistakes in real
+    # classes are 40 false positives there, a real drop, and the interval is around it.
+    assert point_metrics(head)["macro_f1"] - point_metrics(base)["macro_f1"] > 0.05
+    assert macro.low <= macro.delta <= macro.high < 0 and macro.delta == pytest.approx(-0.0174, abs=1e-4)
+    assert macro.verdict.worse
