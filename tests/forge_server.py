@@ -223,8 +223,8 @@ class HostileServer:
     bytes `answer(head)` gives, piece by piece, then closes: a broken proxy or a hostile host, below HTTP.
     A generator may sleep between pieces (`trickle`); every request's head is kept in `heads`."""
 
-    def __init__(self, answer):
-        self.answer, self.heads = answer, []
+    def __init__(self, answer, read_request: bool = True):
+        self.answer, self.heads, self.read_request = answer, [], read_request
         self.closing = threading.Event()
         self.listener = socket.create_server(("127.0.0.1", 0))
         self.url = f"http://127.0.0.1:{self.listener.getsockname()[1]}"
@@ -239,7 +239,7 @@ class HostileServer:
 
     def reply(self, connection: socket.socket) -> None:
         with connection:
-            received = b""
+            received = b"" if self.read_request else b"\r\n\r\n"  # not HTTP (a TLS hello): answer at once
             try:
                 while b"\r\n\r\n" not in received and len(received) < 2**20:
                     if not (more := connection.recv(65536)):
@@ -260,8 +260,8 @@ class HostileServer:
 
 
 @contextmanager
-def hostile_server(answer) -> Iterator[HostileServer]:
-    server = HostileServer(answer)
+def hostile_server(answer, read_request: bool = True) -> Iterator[HostileServer]:
+    server = HostileServer(answer, read_request)
     threading.Thread(target=server.serve, daemon=True).start()
     try:
         yield server

@@ -1,9 +1,10 @@
 """One HTTP exchange with a forge, bounded whatever the other end does.
 
-- A deadline for the whole call: connecting, sending, the status line and headers, and the body. The
-  sockets are httpcore's, through a network backend (httpcore's documented hook) that cuts every wait to
-  what is left of the call: a socket timeout alone bounds one read, and a server that trickles a byte a
-  second would hold the call, and the retrains queued behind it, for ever.
+- A deadline for the whole call: connecting, the TLS handshake, sending, the status line and headers, and
+  the body. The sockets are httpcore's, through a network backend (httpcore's documented hook) that cuts
+  every wait to what is left of the call: a socket timeout alone bounds one read, and a server that
+  trickles a byte a second would hold the call, and the retrains queued behind it, for ever. (Resolving
+  the host's name is the system resolver's, bounded by its own timeouts.)
 - A byte cap on what is read; headers are capped by h11 (100 KiB).
 - Redirects followed only to the same origin, the method kept (307, 308) or a GET's (301, 302, 303):
   a request to another host would carry the Authorization header with it.
@@ -211,6 +212,7 @@ class _DeadlineStream(httpcore.NetworkStream):
 
     def start_tls(self, ssl_context: ssl.SSLContext, server_hostname: str | None = None,
                   timeout: float | None = None) -> httpcore.NetworkStream:
+        # The ssl module bounds a whole handshake by the socket's timeout, so this bounds it by the call's.
         tls = self._stream.start_tls(ssl_context, server_hostname, self._clock.left(timeout))
         return _DeadlineStream(tls, self._clock)
 

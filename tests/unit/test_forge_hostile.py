@@ -218,3 +218,14 @@ def test_the_environments_proxy_is_used_as_urllib_would(monkeypatch):
             Forge("http://127.0.0.1:9/api/v3", PROJECT, TOKEN, timeout=CALL_S).find_open(BRANCH, "main")
     [head] = proxy.heads
     assert head.startswith(b"GET http://127.0.0.1:9/api/v3/repos/octo/models/pulls?")
+
+
+def test_a_tls_handshake_that_trickles_is_cut_at_the_deadline_too():
+    """A server hello a byte at a time (a TLS record header promising 16 KiB): the handshake, too, ends
+    at the call's deadline."""
+    hello = b"\x16\x03\x03\x40\x00" + b"\x02" * 16384
+    with hostile_server(lambda head: trickle(hello, 0.2), read_request=False) as server:
+        started = time.monotonic()
+        with pytest.raises(ForgeError, match=r"no whole answer from https://127\.0\.0\.1:\d+ within 1 s"):
+            Forge(server.url.replace("http://", "https://"), PROJECT, TOKEN, timeout=1.0).find_open(BRANCH, "main")
+        assert time.monotonic() - started < 1.8
