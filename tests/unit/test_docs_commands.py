@@ -307,6 +307,17 @@ def test_every_make_target_and_variable_exists(page):
 
 
 @pytest.mark.parametrize("page", PAGES, **page_ids)
+def test_a_make_targets_duration_is_the_one_make_help_gives(page):
+    """`make bench` (about 7 minutes ...) on a page, `(~7 min)` in the Makefile's `##` help."""
+    rules_help = dict(re.findall(r"^([\w-]+):.*##.*\((?:~|under |about )(\d+) min", (ROOT / "Makefile").read_text(), re.M))
+    text = page.read_text(encoding="utf-8").replace("\n", " ")
+    wrong = [f"`make {target}` (about {minutes} minutes): make help says {rules_help[target]}"
+             for target, minutes in re.findall(r"`make ([\w-]+)[^`]*` \((?:[^()]*?, )?(?:about|under) (\d+) min", text)
+             if target in rules_help and rules_help[target] != minutes]
+    assert not wrong, f"{page.relative_to(ROOT)}:\n" + "\n".join(wrong)
+
+
+@pytest.mark.parametrize("page", PAGES, **page_ids)
 def test_every_command_line_option_exists(page):
     wrong = []
     for name, words, unit in cli_calls(code_units(page)):
