@@ -403,6 +403,38 @@ def test_every_event_resource_and_label_name_is_one_the_code_uses(page):
                          f"prefect.yaml use: {sorted(unknown)}")
 
 
+def dvc_stages() -> dict[str, str]:
+    """{stage: its command, spaces normalised}, in dvc.yaml's order."""
+    stages = yaml.safe_load((ROOT / "dvc.yaml").read_text(encoding="utf-8"))["stages"]
+    return {name: " ".join(stage["cmd"].split()) for name, stage in stages.items()}
+
+
+@pytest.mark.parametrize("page", PAGES, **page_ids)
+def test_every_stage_command_and_order_is_dvc_yamls(page):
+    """A table row `| stage | `python -m classifier...` |` gives dvc.yaml's command (a trailing `...`
+    stands for the rest), the table lists every stage, and `a -> b -> c` follows dvc.yaml's order."""
+    stages, text = dvc_stages(), page.read_text(encoding="utf-8")
+    wrong, tabled = [], []
+    for name, command in re.findall(r"^\| *(\w+) *\| *`(python -m classifier\.[^`]*)` *\|", text, re.M):
+        tabled.append(name)
+        shown = " ".join(command.split())
+        real = stages.get(name)
+        if real is None:
+            wrong.append(f"{name}: no such stage in dvc.yaml")
+        elif not (real == shown or shown.endswith("...") and real.startswith(shown[:-3])):
+            wrong.append(f"{name}: the page says `{shown}`, dvc.yaml `{real}`")
+    if tabled and tabled != list(stages):
+        wrong.append(f"the stage table lists {tabled}; dvc.yaml has {list(stages)}")
+    order = list(stages)
+    for unit in code_units(page):
+        if re.fullmatch(r"\w+(?: -> \w+)+", unit.strip()):
+            chain = unit.split(" -> ")
+            start = order.index(chain[0]) if chain[0] in order else -1
+            if start < 0 or order[start:start + len(chain)] != [c.strip() for c in chain]:
+                wrong.append(f"`{unit.strip()}`: dvc.yaml's stages run {' -> '.join(order)}")
+    assert not wrong, f"{page.relative_to(ROOT)}:\n" + "\n".join(wrong)
+
+
 def test_the_readme_layout_lists_every_room_of_pipeline():
     """The README's Layout block names each module and package of pipeline/, and nothing that is gone."""
     readme = (ROOT / "README.md").read_text(encoding="utf-8")
