@@ -183,7 +183,7 @@ def decision_report(decision: GateDecision, base: str, branch: str | None) -> st
     level = f"{judgement.confidence:.0%}"
     lines = [f"# Retrain against the champion at `{base}`", "",
              f"**Verdict: {headline(judgement)}.** {MEANING[judgement.verdict]}", "",
-             f"| metric | champion | new | change | {level} interval | verdict | lower bound of the gain | non-inferior |",
+             f"| metric | champion | new | change | {level} interval | verdict | its lower end, as a gain | non-inferior |",
              "|---|---|---|---|---|---|---|---|"]
     for metric in judgement.metrics:
         passed = decision.checks.get(f"{metric.name} non-inferior")
