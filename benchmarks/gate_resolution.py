@@ -7,7 +7,8 @@ Trains `--models` models that differ only in their initial weights and shuffle o
 1000, 1001, ...; same split, same params.yaml otherwise, one thread), then runs
 `classifier.compare.gate` on every ordered pair under params.yaml's policy and each `--min-effect`
 triple (accuracy, macro F1, loss), with `compare.keep_out_measurably_worse` off, as params.yaml
-sets it, and on every metric. An equally good challenger should be promoted nearly always: the
+sets it, and on every metric. The gate's non-inferiority is the report's own pass, so the share
+promoted is also the share whose pull request would pass `--fail-on-regression`. An equally good challenger should be promoted nearly always: the
 share promoted is what the policy does to a retrain that changed nothing that matters. Also prints
 how the pairs' verdicts read, how often each metric is measurably worse, the discordant pairs and
 each metric's resolution (the margin an equally good challenger clears 95% of the time), median
