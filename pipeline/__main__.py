@@ -146,7 +146,8 @@ def parser() -> argparse.ArgumentParser:
     retrain = commands.add_parser(
         "retrain", help="retrain a branch in its own workspace; promote only if as good as the champion",
         description="Retrain BASE in a git worktree of its own and judge the new model against the champion "
-                    "committed at BASE; a model at least as good is committed on a retrain/<UTC> branch.")
+                    "committed at BASE; a model at least as good is committed on a branch "
+                    "retrain/<UTC timestamp>-<flow run id>.")
     retrain.add_argument("--repo", default=".", help="git repo (folder or URL) to retrain (default: %(default)s)")
     retrain.add_argument("--base", default="main", help="branch holding the champion (default: %(default)s)")
     retrain.add_argument("--device", choices=devices, default=None,

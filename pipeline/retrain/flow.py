@@ -3,8 +3,8 @@ only if it is at least as good as the champion committed at that branch.
 
 The workspace (pipeline.retrain.workspace) is a checkout of its own; `dvc repro` there decides
 what reruns (pipeline.run.flow); the gate (pipeline.retrain.gate) judges the new model against
-the champion; a model at least as good is committed on a retrain/<UTC timestamp> branch, and
-its pull request opened (pipeline.retrain.pull_request).
+the champion; a model at least as good is committed on a retrain/<UTC timestamp>-<flow run id>
+branch, and its pull request opened (pipeline.retrain.pull_request).
 prefect.yaml's `retrain-cpu` and `retrain-gpu` deployments run this flow; so does
 `python -m pipeline retrain`.
 
