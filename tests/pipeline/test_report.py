@@ -122,7 +122,7 @@ def test_render_shows_a_regression_with_its_interval_p_value_and_counts():
     low, high = (float(end) for end in interval.split(" to "))
     assert low <= -0.05 < high < 0  # all 50 pairs one way: the change cannot be worse than -0.05
     assert "95% interval" in text
-    assert "50 right only at base, 0 right only at head" in text and "p = 1.8e-15" in text
+    assert "50 right only at base, 0 right only at head" in text and "p = 1.5e-12" in text  # McNemar's score test
 
 
 def test_render_of_a_first_pull_request_calls_everything_new():
