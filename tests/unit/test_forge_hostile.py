@@ -112,8 +112,10 @@ def test_all_the_calls_of_a_step_stop_at_its_budget():
         assert time.monotonic() - started < 2
 
 
+# Ids of their own: pytest-xdist's workers each collect the tests, and a random token in an id differs between them.
 @pytest.mark.parametrize("token", [f"{TOKEN}\n", f"{TOKEN[:10]}\r\n{TOKEN[10:]}", f"{TOKEN[:10]} {TOKEN[10:]}",
-                                   f"{TOKEN}\x00", f"{TOKEN}é", ""])
+                                   f"{TOKEN}\x00", f"{TOKEN}é", ""],
+                         ids=["newline", "inner-crlf", "space", "nul", "non-ascii", "empty"])
 def test_a_token_no_header_can_carry_is_refused_before_anything_is_sent(token):
     with hostile_server(lambda head: json_answer([])) as server:
         with pytest.raises(ForgeError, match="forge token") as raised:
