@@ -37,7 +37,7 @@ from classifier.files import file_digest
 from pipeline.project import LOCK_PATH, METRICS_PATH, MODEL_PATH
 from pipeline.report.escape import code
 from pipeline.results import ResultsError, compare_policy, git, read_snapshot, workspace_reader
-from pipeline.run.stages import dvc_cache_dir, failure, lock_md5, stage_env, stream
+from pipeline.run.stages import ALWAYS_CHANGED, dvc_cache_dir, failure, lock_md5, stage_env, stream
 
 # What `dvc status` says of an output that is only not here (not pulled, not computed): absent, not stale.
 ABSENT = frozenset({"deleted", "not in cache"})
@@ -89,8 +89,9 @@ def staleness(status: Mapping, outputs: Mapping[str, object]) -> tuple[list[str]
     stale, unchecked = [], []
     for stage, entries in status.items():
         for entry in entries:
-            if isinstance(entry, str):  # "changed command", "always changed"
-                stale.append(f"{code(stage)}: {entry}")
+            if isinstance(entry, str):  # "changed command"; "always changed" (dvc.yaml's snapshot) is by definition
+                if entry != ALWAYS_CHANGED:
+                    stale.append(f"{code(stage)}: {entry}")
                 continue
             for path, change in (entry.get("changed deps") or {}).items():
                 if isinstance(change, Mapping):  # params: {section: modified}

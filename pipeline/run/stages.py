@@ -29,6 +29,7 @@ from pipeline.run.dvc_run import STATUS_MARKER
 DVC_RUN = Path(__file__).with_name("dvc_run.py")
 
 RAN, RESTORED, SKIPPED = "ran", "restored", "skipped"
+ALWAYS_CHANGED = "always changed"  # what `dvc status --json` says of an `always_changed` stage
 CHANGED = frozenset({RAN, RESTORED})
 # How many trailing output lines a failed stage's error message carries.
 TAIL_LINES = 20
@@ -217,7 +218,12 @@ def parse_status(lines: list[str]) -> list[str]:
         status = None
     if not isinstance(status, dict):
         raise PipelineError("`dvc status --json` printed something that is not a JSON object:\n" + "\n".join(lines))
-    return sorted(status)
+    # An `always_changed` stage (dvc.yaml's snapshot) is "always changed" by definition, never stale.
+    return sorted(stage for stage, entries in status.items() if entries != [ALWAYS_CHANGED])
+
+
+def always_changed_stages(project: Path) -> set[str]:
+    return {name for name, stage in read_dvc_yaml(project)["stages"].items() if stage.get("always_changed")}
 
 
 @dataclass(frozen=True)
@@ -250,6 +256,11 @@ def repro(project: Path, log_line: Callable[[str], None], timeout_s: float, targ
         raise PipelineError(f"`dvc status` failed (exit {returncode}):\n" + "\n".join(lines[split + 1:]))
     # A whole-pipeline run must name every stage; for a target, DVC alone knows its upstream.
     stages = outcomes(lines[:split], expected=() if target else stage_names(project))
+    # An `always_changed` stage runs on every command (dvc.yaml's snapshot lists a folder): its rerun is no
+    # change by itself; what it found that is new reruns the stages after it, and shows there.
+    listing = always_changed_stages(project)
+    stages = [StageResult(stage.name, SKIPPED, "runs on every command (always_changed); changes show in the stages after it")
+              if stage.name in listing and stage.outcome == RAN else stage for stage in stages]
     return Run(stages, parse_status(lines[split + 1:]))
 
 

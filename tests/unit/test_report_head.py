@@ -35,6 +35,10 @@ def test_a_changed_param_command_or_committed_metric_is_stale():
     assert any("`train`" in reason for reason in stale) and any("metrics/metrics.json" in reason for reason in stale)
 
 
+def test_a_stage_that_runs_on_every_command_is_not_stale():
+    assert staleness({"snapshot": ["always changed"]}, lock_outputs(LOCK)) == ([], [])
+
+
 def test_a_data_folder_of_another_machine_is_unchecked_not_stale():
     status = {"download": [{"changed deps": {"/mnt/images": "deleted"}}]}
     assert staleness(status, lock_outputs(LOCK)) == ([], ["`/mnt/images` (`download`'s input) is not on this runner"])

@@ -1,0 +1,124 @@
+"""A real S3 remote on loopback (moto's server, dvc-s3; tests/s3_server.py) under the commands a team
+runs (issue 29): `make run` in a fresh clone pulls what the remote holds, and warns and computes when it
+cannot read it; CI's `make pr-report` in a fresh clone of a pull request's branch judges the committed
+results, with read credentials checking the pulled model against dvc.lock, without them saying what it
+could not check; a remote holding other bytes under the model's name is caught."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from pipeline.run.stages import lock_md5
+from tests.conftest import commit_all, dvc, git, subprocess_env, write_params
+from tests.pipeline.prefect_server import MAKE
+from tests.s3_server import configure_remote, s3_server, with_credentials, without_credentials
+
+pytestmark = pytest.mark.slow
+MODEL = "models/model.pth"
+
+
+def with_read(args: list[str], project: Path) -> None:
+    """`args` in `project` with the remote's credentials; fails the test when it fails."""
+    done = subprocess.run(args, cwd=project, env=with_credentials(subprocess_env()), capture_output=True, text=True)
+    assert done.returncode == 0, f"{args}: {done.stdout}{done.stderr}"
+
+
+@pytest.fixture
+def s3(tmp_path):
+    with s3_server(tmp_path) as server:
+        yield server
+
+
+def published(project: Path, s3) -> Path:
+    """The project with the S3 bucket as its committed default remote, its outputs pushed there."""
+    configure_remote(project, s3, lambda args: with_read([sys.executable, "-m", *args], project))
+    git(project, "add", ".dvc/config")
+    git(project, "commit", "-q", "-m", "DVC remote: S3")
+    with_read([sys.executable, "-m", "dvc", "push", "-q"], project)
+    return project
+
+
+def fresh_clone(origin: Path, where: Path, branch: str = "main") -> Path:
+    subprocess.run(["git", "clone", "-q", "--branch", branch, str(origin), str(where)], check=True)
+    return where
+
+
+def make(clone: Path, env: dict, *args: str) -> subprocess.CompletedProcess:
+    for inherited in ("PREFECT_API_URL", "PREFECT_HOME"):  # the clone's own server, as for a new user
+        env.pop(inherited, None)
+    return subprocess.run([*MAKE, *args], cwd=clone, env=env, capture_output=True, text=True, timeout=900)
+
+
+def test_make_run_in_a_fresh_clone_pulls_what_the_s3_remote_holds(reproduced_project, s3, tmp_path):
+    project = published(reproduced_project, s3)
+    committed_md5 = lock_md5(yaml.safe_load((project / "dvc.lock").read_text()), MODEL)
+    assert s3.has_md5(committed_md5)
+
+    clone = fresh_clone(project, tmp_path / "clone")
+    try:
+        done = make(clone, with_credentials(subprocess_env()), "run")
+        output = done.stdout + done.stderr
+        assert done.returncode == 0, output[-3000:]
+        assert "Running stage 'train'" not in output and "Pulling data for stage: 'train'" in output, output[-3000:]
+        assert lock_md5(yaml.safe_load((clone / "dvc.lock").read_text()), MODEL) == committed_md5
+        assert git(clone, "status", "--porcelain", "--", "dvc.lock", "metrics").strip() == ""
+    finally:
+        make(clone, subprocess_env(), "server-stop")
+
+    # No credentials (offline, or not given): one warning line, and the run computes what it needs.
+    offline = fresh_clone(project, tmp_path / "offline")
+    computed = subprocess.run([sys.executable, "-m", "pipeline.run.dvc_run"], cwd=offline,
+                              env=without_credentials(subprocess_env()), capture_output=True, text=True, timeout=900)
+    assert computed.returncode == 0, computed.stdout[-3000:] + computed.stderr[-3000:]
+    warnings = [line for line in computed.stdout.splitlines() if line.startswith("warning: the DVC remote")]
+    assert len(warnings) == 1 and "does not answer" in warnings[0], computed.stdout[:2000]
+    assert "Running stage 'train'" in computed.stdout
+
+
+def judged_line(report: str) -> str:
+    return next(line for line in report.splitlines() if line.startswith("- **Judged:"))
+
+
+def head_accuracy(report: str) -> str:
+    return re.search(r"^\| accuracy \| higher \| [^|]+ \| ([0-9.]+) \|", report, re.M)[1]
+
+
+def test_ci_judges_the_committed_results_and_checks_the_pulled_model(reproduced_project, s3, tmp_path):
+    project = published(reproduced_project, s3)
+    # A pull request that committed its run (as a retrain's does): two epochs, results and outputs pushed.
+    git(project, "switch", "-q", "-c", "two-epochs")
+    write_params(project, **{"train.epochs": 2})
+    dvc(project, "repro", "-q")
+    commit_all(project, "two epochs, rerun and committed")
+    with_read([sys.executable, "-m", "dvc", "push", "-q"], project)
+    lock = yaml.safe_load((project / "dvc.lock").read_text())
+    committed_accuracy = f"{yaml.safe_load((project / 'metrics/metrics.json').read_text())['test']['accuracy']:.4f}"
+
+    reports = {}
+    for name, env in (("read", with_credentials(subprocess_env())), ("fork", without_credentials(subprocess_env()))):
+        clone = fresh_clone(project, tmp_path / name, "two-epochs")
+        done = make(clone, env, "pr-report", "BASE=origin/main")
+        assert done.returncode in (0, 1), done.stdout[-2000:] + done.stderr[-3000:]  # judged, whatever the verdict
+        reports[name] = (clone / "report/report.md").read_text()
+        assert head_accuracy(reports[name]) == committed_accuracy  # the committed results, not a rerun's
+        assert judged_line(reports[name]).startswith("- **Judged: the head's committed results**")
+    assert f"pulled, md5 {lock_md5(lock, MODEL)}, the one the head's `dvc.lock` records" in reports["read"]
+    assert "Reproduction: not needed" in reports["read"]
+    assert "could not pull" in reports["fork"] and "not pulled, so not checked" in reports["fork"]
+    reproduction = next(line for line in reports["fork"].splitlines() if line.startswith("- Reproduction: "))
+    assert re.match(r"- Reproduction: \*\*(Reproduced: same bytes\.|Reproduced: within noise\.|Not reproduced:)\*\*",
+                    reproduction), reproduction
+
+    # The remote holds other bytes under the model's name: the pulled model is caught, nothing is judged.
+    s3.put_md5(lock_md5(lock, MODEL), b"not the model dvc.lock names")
+    clone = fresh_clone(project, tmp_path / "tampered", "two-epochs")
+    done = make(clone, with_credentials(subprocess_env()), "pr-report", "BASE=origin/main")
+    assert done.returncode == 2, done.stdout[-2000:] + done.stderr[-3000:]
+    assert "is not the model the head's `dvc.lock` records" in done.stderr
+    assert "does not match `dvc.lock`" in (clone / "report/report.md").read_text()
