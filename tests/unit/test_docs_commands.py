@@ -1,9 +1,11 @@
 """Every command and name README.md and docs/*.md tell a user to type or to match on exists: each
-`make TARGET` (and the VAR=value it is given), each `python -m MODULE [COMMAND] --flag` and
-`python benchmarks/SCRIPT.py --flag`, each environment variable, deployment, work pool, Prefect block
-and event name. Static: it reads the Makefile, prefect.yaml and the CLIs' argparse calls (with `ast`),
-and imports neither torch nor Prefect, so it takes about a second. test_docs_links.py checks the
-links, files, tests and modules the pages name."""
+`make TARGET` (the VAR=value it is given, and its duration as `make help` gives it), each
+`python -m MODULE [COMMAND] --flag` and `python benchmarks/SCRIPT.py --flag`, each environment
+variable, deployment (and its flow), flow, work pool, automation, Prefect block, event, resource and
+label, each stage's command and their order (dvc.yaml's), and the README's layout of pipeline/.
+Static: it reads the Makefile, prefect.yaml, dvc.yaml and the CLIs' argparse calls (with `ast`), and
+imports neither torch nor Prefect, so it takes seconds. test_docs_links.py checks the links, files,
+tests and modules the pages name."""
 
 from __future__ import annotations
 
