@@ -480,3 +480,13 @@ def test_a_wrong_command_is_caught(tmp_path):
     assert [p for cli in recipe_clis("bench", "BENCH_FLAGS") for p in unknown_options(cli, ["--quik"])] == \
         ["no option --quik"] * 3
     assert "--params" in cli_options(ROOT / "src/classifier/train.py")[None]  # from classifier.cli's stage_parser
+
+
+def test_the_names_are_read_as_prefect_and_the_shell_spell_them():
+    assert ENV_NAME.findall("PREFECT_API_URL=http://h:4200/api make run; echo $CLASSIFIER_FORGE_TOKEN classifier.data") == \
+        ["PREFECT_API_URL", "CLASSIFIER_FORGE_TOKEN"]
+    assert "train-pipeline" in flows() and "train_pipeline" not in flows()  # @flow(name=...), not the function's name
+    assert deployments()["sweep-point-gpu"] == "sweep-point" and work_pools() == {"cpu", "gpu"}
+    assert DOTTED.findall("prefect event emit classifier.data.updated --resource-id classifier.data") == \
+        ["classifier.data.updated", "classifier.data"]
+    assert python_name_exists("classifier.model.to_device") and not python_name_exists("classifier.model.promoted")
