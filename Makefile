@@ -25,11 +25,12 @@ help:  ## list the targets
 SUPPORTED_PYTHONS := Python 3.11 or newer (tested: 3.11, 3.12, 3.13); rerun with PYTHON=python3.12, say
 
 # The DVC plugin the default remote needs (pyproject.toml's extras: dvc-s3, dvc-ssh, dvc-gs, dvc-azure), from its
-# URL's scheme; a folder needs none. Asked of DVC itself, so .dvc/config.local and a remote named anything count.
+# URL's scheme, unless it is installed already; a folder needs none. Asked of DVC itself, so .dvc/config.local and
+# a remote named anything count.
 REMOTE_PLUGIN = url=$$($(BIN)/dvc config "remote.$$($(BIN)/dvc remote default 2>/dev/null).url" 2>/dev/null); \
 	case "$$url" in s3://*) extra=s3;; ssh://*) extra=ssh;; gs://*) extra=gs;; azure://*) extra=azure;; *) extra=;; esac; \
-	if [ -n "$$extra" ]; then echo "make: the DVC remote $$url needs dvc-$$extra: installing .[$$extra]"; \
-	  $(BIN)/python -m pip install --quiet -e ".[test,$$extra]"; fi
+	if [ -n "$$extra" ] && ! $(BIN)/python -c "import dvc_$$extra" 2>/dev/null; then \
+	  echo "make: the DVC remote $$url needs dvc-$$extra: installing .[$$extra]"; $(BIN)/python -m pip install --quiet -e ".[$$extra]"; fi
 
 # .dvc/config too: a remote set or pulled in later installs its plugin on the next make.
 $(INSTALLED): pyproject.toml $(wildcard .dvc/config .dvc/config.local)
