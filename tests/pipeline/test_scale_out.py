@@ -1,6 +1,7 @@
 """Beyond one machine, on loopback: workers that know only the repository's URL.
 
-A bare git origin, a directory DVC remote set with `make remote`, a real `prefect server`, and
+A bare git origin, an S3 DVC remote (moto's server on loopback, tests/s3_server.py) set with `make remote`
+and its `endpointurl`, the workers holding its credentials, a real `prefect server`, and
 "machines" that are empty folders: each gets a clone of the origin (for `make worker`) and its own
 TMPDIR, where the deployments' pull steps clone the branch again for every run. A 4-point sweep
 spreads over two such workers and its experiments reach a third clone through `dvc exp pull`; a
@@ -14,6 +15,7 @@ import json
 import os
 import re
 import subprocess
+import sys
 import time
 from contextlib import contextmanager
 from pathlib import Path
@@ -27,6 +29,7 @@ from pipeline.sweep import SweepError, expand_grid, ranked
 from tests.conftest import commit_all, copy_project, dvc, git, write_params
 from tests.pipeline.prefect_server import (MAKE, api_call, final_state, prefect_server, run_deployment,
                                            stop, wait_for)
+from tests.s3_server import s3_server, with_credentials
 
 GRID = ["train.learning_rate=0.0003,0.003", "model.hidden_sizes=[64],[128]"]
 MODEL = "models/model.pth"
@@ -36,12 +39,19 @@ def make(project: Path, env: dict, *args: str, timeout: float = 300) -> subproce
     return subprocess.run([*MAKE, *args], cwd=project, env=env, capture_output=True, text=True, timeout=timeout)
 
 
-def in_remote(remote: Path, md5: str | None) -> bool:
-    return md5 is not None and (remote / "files" / "md5" / md5[:2] / md5[2:]).is_file()
+def in_remote(remote, md5: str | None) -> bool:
+    return remote.has_md5(md5)
 
 
-def remote_objects(remote: Path) -> set[str]:
-    return {str(path.relative_to(remote)) for path in remote.rglob("*") if path.is_file()}
+def remote_objects(remote) -> set[str]:
+    return remote.keys()
+
+
+def dvc_with(project: Path, env: dict, *args: str) -> subprocess.CompletedProcess:
+    """DVC with the remote's credentials (`env`), as on a machine that has them."""
+    done = subprocess.run([sys.executable, "-m", "dvc", *args], cwd=project, env=env, capture_output=True, text=True)
+    assert done.returncode == 0, f"dvc {' '.join(args)}: {done.stdout}{done.stderr}"
+    return done
 
 
 def origin_refs(origin: Path) -> str:
@@ -126,23 +136,26 @@ def sweep_run_id(output: str) -> str:
 @contextmanager
 def loopback_cluster(root: Path, workers=(("machine-a", "cpu"), ("machine-b", "cpu"), ("machine-a", "gpu")),
                      epochs: int = 1):
-    """The walkthrough in docs/scaling-out.md on loopback: a bare origin, a directory DVC remote, a Prefect server, the
+    """The walkthrough in docs/scaling-out.md on loopback: a bare origin, an S3 DVC remote, a Prefect server, the
     laptop (`make remote`, `make run`, commit, `dvc push`, `git push`, `make deploy`) and a worker per
     (machine, pool), each machine an empty folder that gets only a clone of the origin's URL."""
-    origin, remote = root / "origin.git", root / "dvc-remote"
+    origin = root / "origin.git"
     url = origin.as_uri()
     subprocess.run(["git", "init", "-q", "--bare", "-b", "main", str(origin)], check=True)
     laptop = copy_project(root / "laptop")
     write_params(laptop, **{"train.epochs": epochs, "save.min_accuracy": 0.5})
     commit_all(laptop, "the project")
     git(laptop, "remote", "add", "origin", url)
-    with prefect_server(root) as (api, env):
-        for step in (("remote", f"URL={remote}"), ("run",)):
-            done = make(laptop, env, *step, timeout=900)
-            assert done.returncode == 0, done.stdout + done.stderr
+    with prefect_server(root) as (api, server_env), s3_server(root) as remote:
+        env = with_credentials(server_env)  # every machine here holds the remote's credentials
+        done = make(laptop, env, "remote", f"URL={remote.url}")
+        assert done.returncode == 0, done.stdout + done.stderr
+        dvc(laptop, "remote", "modify", "storage", "endpointurl", remote.endpoint)  # as for MinIO
+        done = make(laptop, env, "run", timeout=900)
+        assert done.returncode == 0, done.stdout + done.stderr
         git(laptop, "add", ".dvc/config", "params.yaml", "dvc.lock", "metrics")
         git(laptop, "commit", "-q", "-m", "DVC remote and champion")
-        dvc(laptop, "push", "-q")
+        dvc_with(laptop, env, "push", "-q")
         git(laptop, "push", "-q", "origin", "main")
         deployed = make(laptop, env, "deploy", "REPO=origin")  # workers elsewhere: retrains push to the origin
         assert deployed.returncode == 0, deployed.stdout + deployed.stderr
@@ -217,7 +230,7 @@ def test_a_sweep_spreads_over_two_url_only_workers_and_every_experiment_reaches_
     # A third clone sees all four through git and DVC alone.
     third = cluster.root / "third"
     subprocess.run(["git", "clone", "-q", cluster.url, str(third)], check=True, capture_output=True)
-    dvc(third, "exp", "pull", "origin")
+    dvc_with(third, cluster.env, "exp", "pull", "origin")
     shown = json.loads(dvc(third, "exp", "show", "--json").stdout)
     experiments = {exp["name"]: exp["revs"][0] for row in shown for exp in (row.get("experiments") or [])}
     assert sorted(experiments) == ["grid-1", "grid-2", "grid-3", "grid-4"]
