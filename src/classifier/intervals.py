@@ -150,15 +150,17 @@ def macro_f1_interval(actual, base_predicted, head_predicted, num_classes: int, 
         np.add.at(confusion, (actual, predicted), 1)
         confusions.append(confusion)
     observed = float(macro_f1(confusions[1]) - macro_f1(confusions[0]))
-    f1_left_out = (_macro_f1_left_out(confusions[1], cell_actual, cell_head)
-                   - _macro_f1_left_out(confusions[0], cell_actual, cell_base))
     base_only = int(np.sum((actual == base_predicted) & (actual != head_predicted)))
     head_only = int(np.sum((actual != base_predicted) & (actual == head_predicted)))
     accuracy_observed = (head_only - base_only) / n
+    low, high = (float(end) for end in accuracy_interval(base_only, head_only, n, confidence))
+    if n < 2:
+        return observed + low - accuracy_observed, observed + high - accuracy_observed  # no jackknife of one
+    f1_left_out = (_macro_f1_left_out(confusions[1], cell_actual, cell_head)
+                   - _macro_f1_left_out(confusions[0], cell_actual, cell_base))
     accuracy_left_out = (n * accuracy_observed - ((cell_actual == cell_head) * 1.0 - (cell_actual == cell_base))) / (n - 1)
     f1_error = _jackknife_error(observed, f1_left_out, counts)
     accuracy_error = _jackknife_error(accuracy_observed, accuracy_left_out, counts)
-    low, high = (float(end) for end in accuracy_interval(base_only, head_only, n, confidence))
     if accuracy_error > 0:
         scale = f1_error / accuracy_error
         return observed + scale * (low - accuracy_observed), observed + scale * (high - accuracy_observed)

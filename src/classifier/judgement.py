@@ -88,6 +88,8 @@ class Resolution:
         text = f"{self.name} resolves {self.margin:.4f} on {self.examples:,} examples (min_effect {self.min_effect:g})"
         if self.resolved:
             return text
+        if not np.isfinite(self.margin):
+            return f"{text}: too few examples to estimate the spread of the change"
         return (f"{text}: min_effect is below the resolution, so an equally good model can fail on chance; "
                 f"it would need about {self.examples_needed:,} test examples, or min_effect >= {self.margin:.4f}")
 
@@ -141,7 +143,8 @@ def resolution(intervals: Mapping[str, Interval], examples: int, policy: Compare
     resolutions = []
     for name in METRICS:
         margin = float(z * intervals[name].standard_error)
-        needed = int(np.ceil(examples * (margin / min_effect[name]) ** 2))
+        # Infinite when one example leaves no spread to estimate: no number of examples can be named.
+        needed = int(np.ceil(examples * (margin / min_effect[name]) ** 2)) if np.isfinite(margin) else 0
         resolutions.append(Resolution(name, margin, min_effect[name], examples, needed))
     return tuple(resolutions)
 

@@ -129,6 +129,14 @@ def test_zero_disagreements_on_a_small_test_set_is_not_called_certain():
     assert "resolves 0.0000" not in resolves["accuracy"].describe()
 
 
+def test_a_one_example_test_set_is_judged_and_resolves_nothing():
+    base = base_table(n=1, accuracy=1.0)
+    judged = judge(results(base), results(base.copy()), default_policy())
+    assert judged.verdict == Verdict.CANNOT_TELL_EITHER and exit_status(judged.verdict) == 1
+    assert all(not item.resolved for item in judged.resolution)
+    assert "too few examples" in {item.name: item for item in judged.resolution}["loss"].describe()
+
+
 @pytest.mark.parametrize("bad", [np.nan, np.inf, -1.0])
 @pytest.mark.parametrize("side", ["base", "head"])
 def test_a_loss_that_is_not_a_number_is_a_clear_error(bad, side):
