@@ -220,9 +220,9 @@ def check_head(repo: Path, log: Callable[[str], None]) -> HeadCheck:
         check.lines.append("Not checked here: " + "; ".join(unchecked) + ".")
     if not stale and (repo / METRICS_PATH).is_file():
         check.lines.insert(0, "**Judged: the head's committed results**, which are the results of its `dvc.lock`.")
-        model_here = (repo / MODEL_PATH).is_file() and check.problem is None
-        check.lines.append("Reproduction: not needed, the head's outputs came from the DVC remote." if model_here
-                           else "Reproduction: " + reproduce(repo, log))
+        if check.problem is None:  # a remote that holds other bytes stops the report: nothing to reproduce for
+            check.lines.append("Reproduction: not needed, the head's outputs came from the DVC remote."
+                               if (repo / MODEL_PATH).is_file() else "Reproduction: " + reproduce(repo, log))
         return check
     why = "; ".join(stale) if stale else f"no `{METRICS_PATH}` is committed"
     check.judged = "runner"
