@@ -111,12 +111,13 @@ class MinEffect(Section):
 class CompareParams(Section):
     """How a new model is judged against a base (classifier.compare); always read from the base."""
 
-    # The paired tests' significance level: intervals are (1 - alpha), the gate's bounds one-sided
-    # (1 - alpha), so alpha must leave a non-empty two-sided (1 - 2 alpha) interval.
+    # The paired tests' significance level: every interval is (1 - alpha) and two-sided, and the gate
+    # promotes only what the report passes (classifier.gate_rule); below 0.5 so an interval has width.
     alpha: float = Field(default=0.05, gt=0, lt=0.5)
     min_effect: MinEffect
-    # Enough resamples that the interval's ends move by well under min_effect between seeds.
-    resamples: int = Field(default=2000, ge=100, le=100_000)
+    # Read by nothing since the intervals stopped resampling (classifier.intervals: score and t intervals);
+    # still accepted because the report and the gate read the BASE's params.yaml, which may predate that.
+    resamples: int | None = Field(default=None, ge=100, le=100_000)
     # The retrain gate keeps out a challenger measurably worse on these metrics (its interval
     # excludes 0 on the worse side), even by less than min_effect; [] promotes one that is
     # non-inferior within min_effect all the same. Not loss by default: equally accurate models
