@@ -231,5 +231,6 @@ def check_head(repo: Path, log: Callable[[str], None]) -> HeadCheck:
     log(f"the head's committed results are stale ({why}): running the pipeline here")
     if (failed := run_repro(repo, log)) is not None:
         check.problem = f"the head's committed results are stale and the pipeline failed here: {failed}"
-        check.lines.append(f"**The pipeline failed on this runner:** {failed}.")
+        check.lines[0] = (f"**Nothing judged:** the head's committed results are stale ({why}) and the pipeline "
+                          f"failed on this runner ({failed}); the numbers below are whatever the workspace holds.")
     return check
