@@ -22,6 +22,7 @@ No Prefect and no torch: git, DVC (as subprocesses) and classifier.compare.
 
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
 import sys
@@ -34,7 +35,7 @@ import yaml
 
 from classifier.compare import Verdict, headline, judge
 from classifier.files import file_digest
-from pipeline.project import LOCK_PATH, METRICS_PATH, MODEL_PATH
+from pipeline.project import LOCK_PATH, METRICS_PATH, MODEL_CARD_PATH, MODEL_PATH
 from pipeline.report.escape import code
 from pipeline.results import ResultsError, compare_policy, git, read_snapshot, workspace_reader
 from pipeline.run.stages import ALWAYS_CHANGED, dvc_cache_dir, failure, lock_md5, stage_env, stream
@@ -160,7 +161,16 @@ def model_check(repo: Path, lock: Mapping | None) -> tuple[str, str | None]:
         problem = (f"the pulled `{MODEL_PATH}` (md5 {found}) is not the model the head's `dvc.lock` records "
                    f"(md5 {recorded}): the DVC remote holds other bytes under its name")
         return f"**`{MODEL_PATH}`: does not match `dvc.lock`.** {problem}.", problem
-    return f"`{MODEL_PATH}`: pulled, md5 {found}, the one the head's `dvc.lock` records.", None
+    return f"`{MODEL_PATH}`: pulled, md5 {found}, the one the head's `dvc.lock` records{trained_on(repo)}.", None
+
+
+def trained_on(repo: Path) -> str:
+    """What the model card says trained the model (a GPU promotion's says cuda, though its params say auto)."""
+    try:
+        device = json.loads((repo / MODEL_CARD_PATH).read_text(encoding="utf-8")).get("trained_on")
+    except (OSError, ValueError, AttributeError):
+        return ""
+    return f", trained on {code(str(device))}" if device else ""
 
 
 def dvc_status(repo: Path) -> dict:

@@ -79,7 +79,7 @@ def test_a_gpu_promotion_goes_round_the_loop_and_every_step_names_its_model(repr
             assert promoted_md5 in reports[name]
         assert verdict_of(reports["fork"]) == verdict_of(reports["read"])  # the same committed tables, judged alike
         assert "could not pull" in reports["fork"]
-        assert f"pulled, md5 {promoted_md5}, the one the head's `dvc.lock` records" in reports["read"]
+        assert f"pulled, md5 {promoted_md5}, the one the head's `dvc.lock` records, trained on `cpu`" in reports["read"]
         champion_sha256 = head_sha256(reports["read"])
         assert champion_sha256 is not None
 
