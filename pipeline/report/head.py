@@ -35,7 +35,8 @@ import yaml
 
 from classifier.compare import Verdict, headline, judge
 from classifier.files import file_digest
-from pipeline.project import LOCK_PATH, METRICS_PATH, MODEL_CARD_PATH, MODEL_PATH
+from pipeline.project import LOCK_PATH, METRICS_PATH, MODEL_CARD_PATH, MODEL_PATH, PARAMS_PATH
+from pipeline.report.changes import uncommitted
 from pipeline.report.escape import code
 from pipeline.results import ResultsError, compare_policy, git, read_snapshot, workspace_reader
 from pipeline.run.stages import ALWAYS_CHANGED, dvc_cache_dir, failure, lock_md5, stage_env, stream
@@ -229,7 +230,10 @@ def check_head(repo: Path, log: Callable[[str], None]) -> HeadCheck:
     if unchecked:
         check.lines.append("Not checked here: " + "; ".join(unchecked) + ".")
     if not stale and (repo / METRICS_PATH).is_file():
-        check.lines.insert(0, "**Judged: the head's committed results**, which are the results of its `dvc.lock`.")
+        # A local `make pr-report` after an uncommitted run: the same check, of the workspace's results.
+        whose = "the workspace's results" if uncommitted(repo, [LOCK_PATH, PARAMS_PATH, "metrics"]) else \
+            "the head's committed results"
+        check.lines.insert(0, f"**Judged: {whose}**, which are the results of its `dvc.lock`.")
         if check.problem is None:  # a remote that holds other bytes stops the report: nothing to reproduce for
             check.lines.append("Reproduction: not needed, the head's outputs came from the DVC remote."
                                if (repo / MODEL_PATH).is_file() else "Reproduction: " + reproduce(repo, log))
