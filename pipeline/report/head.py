@@ -235,7 +235,7 @@ def check_head(repo: Path, log: Callable[[str], None]) -> HeadCheck:
             "the head's committed results"
         check.lines.insert(0, f"**Judged: {whose}**, which are the results of its `dvc.lock`.")
         if check.problem is None:  # a remote that holds other bytes stops the report: nothing to reproduce for
-            check.lines.append("Reproduction: not needed, the head's outputs came from the DVC remote."
+            check.lines.append("Reproduction: not needed, the model `dvc.lock` records is here (pulled, or made here)."
                                if (repo / MODEL_PATH).is_file() else "Reproduction: " + reproduce(repo, log))
         return check
     why = "; ".join(stale) if stale else f"no `{METRICS_PATH}` is committed"
