@@ -135,21 +135,21 @@ def _last_line(result: subprocess.CompletedProcess) -> str:
     return (errors or lines or [f"exit status {result.returncode}"])[-1].removeprefix("ERROR: ").strip()
 
 
-def pull(repo: Path, log: Callable[[str], None]) -> str:
-    """Pull what the default DVC remote holds of the head's outputs; the report's line on it."""
+def pull(repo: Path, log: Callable[[str], None]) -> tuple[str, bool]:
+    """Pull what the default DVC remote holds of the head's outputs; the report's line on it, and whether it pulled."""
     remote = _dvc(repo, "remote", "default")
     if remote.returncode != 0 or not remote.stdout.strip():
-        return "DVC remote: none set (`make remote`), so nothing was pulled: the head's model could not be checked."
+        return "DVC remote: none set (`make remote`), so nothing was pulled.", False
     name = remote.stdout.strip()
     log(f"pulling the head's outputs from the DVC remote {name!r}")
     result = _dvc(repo, "pull", "--allow-missing")
     if result.returncode != 0:
         return (f"DVC remote {code(name)}: could not pull ({code(_last_line(result))}); a fork's pull request, or a "
-                "run without the remote's read credentials, cannot check the head's model.")
-    return f"DVC remote {code(name)}: pulled what it holds of the head's outputs."
+                "run without the remote's read credentials, cannot check the head's model."), False
+    return f"DVC remote {code(name)}: pulled what it holds of the head's outputs.", True
 
 
-def model_check(repo: Path, lock: Mapping | None) -> tuple[str, str | None]:
+def model_check(repo: Path, lock: Mapping | None, pulled: bool) -> tuple[str, str | None]:
     """The model here against the md5 `dvc.lock` records: the report's line, and a problem when they differ."""
     recorded = lock_md5(lock, MODEL_PATH)
     model = repo / MODEL_PATH
@@ -159,10 +159,12 @@ def model_check(repo: Path, lock: Mapping | None) -> tuple[str, str | None]:
         return f"`{MODEL_PATH}`: not pulled, so not checked against `dvc.lock` (md5 {recorded}).", None
     found = file_digest(model, "md5")
     if found != recorded:
-        problem = (f"the pulled `{MODEL_PATH}` (md5 {found}) is not the model the head's `dvc.lock` records "
-                   f"(md5 {recorded}): the DVC remote holds other bytes under its name")
+        problem = (f"the {'pulled' if pulled else 'present'} `{MODEL_PATH}` (md5 {found}) is not the model the head's "
+                   f"`dvc.lock` records (md5 {recorded})"
+                   + (": the DVC remote holds other bytes under its name" if pulled else ""))
         return f"**`{MODEL_PATH}`: does not match `dvc.lock`.** {problem}.", problem
-    return f"`{MODEL_PATH}`: pulled, md5 {found}, the one the head's `dvc.lock` records{trained_on(repo)}.", None
+    how = "pulled" if pulled else "here"
+    return f"`{MODEL_PATH}`: {how}, md5 {found}, the one the head's `dvc.lock` records{trained_on(repo)}.", None
 
 
 def trained_on(repo: Path) -> str:
@@ -220,10 +222,11 @@ def reproduce(repo: Path, log: Callable[[str], None]) -> str:
 def check_head(repo: Path, log: Callable[[str], None]) -> HeadCheck:
     """Pull, check and compute what the report needs to judge the head (module docstring, steps 1-5)."""
     check = HeadCheck()
-    check.lines.append(pull(repo, log))
+    line, pulled = pull(repo, log)
+    check.lines.append(line)
     lock_text = (repo / LOCK_PATH).read_text(encoding="utf-8") if (repo / LOCK_PATH).is_file() else None
     lock = yaml.safe_load(lock_text) if lock_text else None
-    line, check.problem = model_check(repo, lock)
+    line, check.problem = model_check(repo, lock, pulled)
     check.lines.append(line)
     stale, unchecked = staleness(dvc_status(repo), lock_outputs(lock)) if lock else (["no `dvc.lock`"], [])
     stale += lock_breaks(lock)
