@@ -4,11 +4,6 @@ bad image stops prepare, and what DVC stores for the images is a few packs, not 
 from __future__ import annotations
 
 import json
-import socket
-import subprocess
-import sys
-import time
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -17,6 +12,7 @@ import pytest
 from classifier.export_folder import export
 from classifier.files import file_digest
 from tests.conftest import commit_all, dvc, write_params
+from tests.s3_server import BUCKET, READ_CREDENTIALS, s3_server
 
 pytestmark = pytest.mark.slow
 
@@ -81,32 +77,12 @@ def test_the_default_stays_mnist_5k_offline_with_a_hash_split(reproduced_project
 
 @pytest.fixture
 def s3_folder(tmp_path, monkeypatch):
-    """An S3-compatible server on loopback (moto) with a bucket, and the environment DVC's s3 file system
-    needs to reach it: (bucket url, boto3 client)."""
-    boto3 = pytest.importorskip("boto3")
-    server = Path(sys.executable).with_name("moto_server")
-    if not server.exists():
-        pytest.skip("moto_server is not installed (pip install 'moto[server]')")
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    process = subprocess.Popen([str(server), "-H", "127.0.0.1", "-p", str(port)], stdout=subprocess.DEVNULL,
-                               stderr=subprocess.DEVNULL)
-    for name, value in {"AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test",
-                        "AWS_DEFAULT_REGION": "us-east-1", "AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}"}.items():
-        monkeypatch.setenv(name, value)
-    try:
-        client = boto3.client("s3")
-        for _ in range(100):
-            try:
-                client.create_bucket(Bucket="images")
-                break
-            except Exception:  # noqa: BLE001  (not listening yet)
-                time.sleep(0.1)
-        yield "s3://images/digits", client
-    finally:
-        process.terminate()
-        process.wait(timeout=10)
+    """tests/s3_server.py's S3-compatible server on loopback, and the environment DVC's s3 file system
+    needs to reach it (data.folder carries no endpoint): (the folder's URL, a boto3 client)."""
+    with s3_server(tmp_path) as server:
+        for name, value in {**READ_CREDENTIALS, "AWS_ENDPOINT_URL": server.endpoint}.items():
+            monkeypatch.setenv(name, value)
+        yield f"s3://{BUCKET}/digits", server.client()
 
 
 def test_a_folder_at_an_s3_url_is_listed_not_downloaded_to_tell_what_is_new(project, tmp_path, s3_folder):
@@ -115,7 +91,7 @@ def test_a_folder_at_an_s3_url_is_listed_not_downloaded_to_tell_what_is_new(proj
     export_mnist_5k(tree, 0, 400)
 
     for path in tree.rglob("*.png"):
-        client.upload_file(str(path), "images", f"digits/{path.relative_to(tree)}")
+        client.upload_file(str(path), BUCKET, f"digits/{path.relative_to(tree)}")
     write_params(project, **{"data.dataset": "folder", "data.folder": url})
     commit_all(project, "train on a bucket")
     first = dvc(project, "repro", "prepare")
@@ -126,7 +102,7 @@ def test_a_folder_at_an_s3_url_is_listed_not_downloaded_to_tell_what_is_new(proj
     export_mnist_5k(tree, 400, 500)
     new_rows = {str(path.relative_to(tree)) for path in tree.rglob("*.png")} - set(manifest(project)["path"])
     for relative in new_rows:
-        client.upload_file(str(tree / relative), "images", f"digits/{relative}")
+        client.upload_file(str(tree / relative), BUCKET, f"digits/{relative}")
     grown = dvc(project, "repro", "prepare")
     assert "500 files listed, 100 read" in grown.stdout + grown.stderr
     assert len(manifest(project)) == 500
