@@ -78,7 +78,7 @@ test: $(ENV)  ## run the whole test suite, real dvc pipelines included (TEST_WOR
 # other model bytes, as a machine with another CPU trains, so a test that asserts which verdict case its
 # retrain lands in fails here rather than on the next machine. CI runs it after `make test`.
 ANYCPU_TESTS ?= tests/pipeline/test_report.py tests/pipeline/test_retrain.py tests/pipeline/test_retrain_pull_request.py \
-  tests/pipeline/test_fresh_clone.py
+  tests/pipeline/test_fresh_clone.py tests/pipeline/test_loop_chain.py
 ANYCPU_WORKERS ?= 2
 
 test-anycpu: $(ENV)  ## rerun the tests that judge trained models with another CPU's kernels (other bytes); CI runs it
