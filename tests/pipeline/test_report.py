@@ -430,8 +430,11 @@ def test_three_epochs_instead_of_ten_every_word_follows_its_numbers(baseline, tm
     payload = event["payload"]
     assert payload["verdict"] == overall_words
     assert {name: payload["metrics"][name]["verdict"] for name in rows} == {name: row.words for name, row in rows.items()}
-    assert state.message.split(": ", 1)[1].startswith(f"{overall_words} (accuracy {delta:+.4f}"), state.message
-    assert payload["headline"] == state.message.split(": ", 1)[1].split(". ")[0]
+    # The headline: the worst news first, each metric's change under its own words, as the report's verdict line.
+    headline = payload["headline"]
+    assert state.message.split(": ", 1)[1].startswith(headline + ". "), state.message
+    assert headline.startswith(f"{overall_words} (") and f"accuracy {delta:+.4f}" in headline, headline
+    assert f"**Verdict: {overall_words}** {headline.removeprefix(overall_words + ' ')}" in text, headline
     assert promoted == all(payload["checks"].values()), payload["checks"]
     if promoted:
         assert result.returncode == 0, "the gate promoted what the report fails"
