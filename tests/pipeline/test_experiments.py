@@ -8,7 +8,7 @@ import shutil
 import pytest
 
 from classifier.files import file_digest
-from tests.conftest import PROJECT_ROOT, commit_all, copy_project, dvc, git
+from tests.conftest import PROJECT_ROOT, assert_up_to_date, commit_all, copy_project, dvc, git
 
 OVERRIDES = ["train.epochs=3", "model.hidden_sizes=[256,128]", "data.dataset=mnist", "data.mirrors.kmnist=[http://a/]",
              "seed=7", "save.min_accuracy=0.5"]
@@ -66,7 +66,7 @@ def test_an_experiment_changes_one_line_of_params_yaml_and_the_way_back_restores
     git(project, "checkout", "--", "params.yaml", "dvc.lock", "metrics")
     dvc(project, "checkout")
     assert file_digest(project / "models" / "model.pth") == baseline_model
-    assert "Data and pipelines are up to date" in dvc(project, "status").stdout
+    assert_up_to_date(project)
 
     # And forward again: the experiment is kept, under the name `dvc exp show` lists.
     experiment = dvc(project, "exp", "list", "--name-only").stdout.split()[0]

@@ -12,7 +12,7 @@ import pytest
 import yaml
 
 from classifier.files import file_digest
-from tests.conftest import dvc, subprocess_env, write_params
+from tests.conftest import assert_up_to_date, dvc, subprocess_env, write_params
 
 pytestmark = pytest.mark.slow
 
@@ -92,7 +92,7 @@ def test_two_repros_in_one_workspace_never_corrupt_an_output(reproduced_project,
             os.kill(int(marker.read_text()), signal.SIGCONT)
         output = first.communicate(timeout=300)[0]
     assert first.returncode == 0, output
-    assert "up to date" in dvc(project, "status").stdout
+    assert_up_to_date(project)
     card = json.loads((project / "models/model.json").read_text())
     assert card["sha256"] == file_digest(project / "models/model.pth")
     assert card["params"]["train"]["epochs"] == 3

@@ -10,7 +10,7 @@ import time
 import pytest
 
 from classifier.files import file_digest
-from tests.conftest import dvc, write_params
+from tests.conftest import assert_up_to_date, write_params
 from tests.pipeline.prefect_server import (api_call, automations_named, final_state, make_deploy, run_deployment,
                                            start_worker, stop, wait_for)
 
@@ -54,7 +54,7 @@ def test_deployments_run_on_a_real_worker_and_never_overlap(project, server, tmp
         stop(worker)
 
     # Outputs are whole: DVC sees nothing stale, and the model matches its card.
-    assert dvc(project, "status", "--json").stdout.strip() == "{}"
+    assert_up_to_date(project)
     card = json.loads((project / "models/model.json").read_text())
     assert file_digest(project / "models/model.pth") == card["sha256"]
     assert card["params"]["train"]["epochs"] == 2
