@@ -40,7 +40,7 @@ ASSIGNMENT = re.compile(r"^([A-Za-z_]\w*)=(.*)$", re.S)
 ENV_NAME = re.compile(r"(?<![\w./-])\$?\{?([A-Z][A-Z0-9]*(?:_[A-Z0-9]+)+)\b(?![.(/-])")
 DOTTED = re.compile(r"(?<![\w./-])((?:classifier|prefect)(?:\.[a-z*][\w*-]*)+)")
 # Names in the pages' examples that no code holds: an experiment's name DVC made up.
-EXAMPLE_NAMES = {"tiled-dais"}
+EXAMPLE_NAMES = {"astir-peri"}
 
 
 # --- what the pages say ------------------------------------------------------------------------
