@@ -64,6 +64,9 @@ def test_a_dead_retrains_workspace_is_removed_and_a_live_ones_kept(project, tmp_
         stop(holder)
 
 
+PAUSE_HOOK = Path(__file__).with_name("pause_after_checkpoint")
+
+
 def train_is_running(worker_pid: int) -> bool:
     return any("classifier.train" in command_line(pid) for pid in descendants(worker_pid))
 
@@ -79,11 +82,16 @@ def test_a_retrain_whose_machine_dies_is_crashed_then_retried_and_the_next_one_r
     retrain = api_call(api, "GET", "/deployments/name/retrain/retrain-cpu")
     root = tmp_path / "ws"
 
+    # The trainer stops itself (SIGSTOP) after its first checkpoint: the kill still lands mid-training, and
+    # the minutes it waits for heartbeats cost no CPU that the tests beside it need.
+    marker = tmp_path / "paused"
+    paused_env = {**env, "PYTHONPATH": str(PAUSE_HOOK), "PAUSE_AFTER_CHECKPOINT_MARKER": str(marker)}
     first_log = tmp_path / "worker-1.log"
-    worker = start_worker(project, env, first_log)
+    worker = start_worker(project, paused_env, first_log)
     try:
         run = run_deployment(api, retrain["id"], {"workspace_root": str(root)})
         wait_for(lambda: train_is_running(worker.pid), "the retrain to start training", 300)
+        wait_for(marker.exists, "the trainer's first checkpoint", 300)
         beats = wait_for(lambda: (found := heartbeats(api, run)) and len(found) >= 2 and found,
                          "two heartbeats of the retrain", 120)
         assert (beats[1] - beats[0]).total_seconds() < 40  # every 30 s, not Prefect's default 180
