@@ -33,6 +33,8 @@ THIRD_PARTY_ENV = {
     "GH_TOKEN": "the GitHub CLI, and git through `gh auth git-credential`",
     "GITHUB_TOKEN": "GitHub Actions",
     "OMP_NUM_THREADS": "torch's OpenMP thread pool",
+    "ATEN_CPU_CAPABILITY": "torch's choice of SIMD kernels (make test-anycpu caps it: tests/anycpu.py)",
+    "PYTEST_ADDOPTS": "pytest, which adds these options to every run (make test's --durations=20)",
 }
 
 SHELL_BREAKS = {";", "&&", "||", "|", "&", "(", ")", ">", "<", ">>", "2>&1"}
