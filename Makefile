@@ -3,12 +3,14 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 INSTALLED := $(VENV)/.installed
+REMOTE_PLUGINS := $(VENV)/.remote-plugins
 # The page `dvc plots` fills (.dvc/config plots.html_template): Vega inlined from the installed
 # vl-convert-python, so plot pages draw with no network. Generated, ignored by git (0.9 MB).
 PLOTS_TEMPLATE := .dvc/offline-plots.html
 # The environment every target needs: the venv and that page. Without the page every `dvc plots` command
 # fails ("HTML template has to contain '{plot_divs}'"), so it is made wherever the venv is.
-ENV := $(INSTALLED) $(PLOTS_TEMPLATE)
+# and the DVC plugin the default remote needs (REMOTE_PLUGINS).
+ENV := $(INSTALLED) $(PLOTS_TEMPLATE) $(REMOTE_PLUGINS)
 
 # Stage commands call `python`: put the project's interpreter first on PATH.
 export PATH := $(abspath $(BIN)):$(PATH)
@@ -32,8 +34,7 @@ REMOTE_PLUGIN = url=$$($(BIN)/dvc config "remote.$$($(BIN)/dvc remote default 2>
 	if [ -n "$$extra" ] && ! $(BIN)/python -c "import dvc_$$extra" 2>/dev/null; then \
 	  echo "make: the DVC remote $$url needs dvc-$$extra: installing .[$$extra]"; $(BIN)/python -m pip install --quiet -e ".[$$extra]"; fi
 
-# .dvc/config too: a remote set or pulled in later installs its plugin on the next make.
-$(INSTALLED): pyproject.toml $(wildcard .dvc/config .dvc/config.local)
+$(INSTALLED): pyproject.toml
 	@if ! test -x $(BIN)/python; then \
 	  found=$$($(PYTHON) -c 'import sys; print("%d.%d.%d %s" % (sys.version_info[:3] + (sys.executable,))); sys.exit(sys.version_info[:2] < (3, 11))' 2>/dev/null); status=$$?; \
 	  version=$${found%% *}; executable=$${found#* }; \
@@ -44,8 +45,13 @@ $(INSTALLED): pyproject.toml $(wildcard .dvc/config .dvc/config.local)
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e '.[test]'
-	@$(REMOTE_PLUGIN)
 	touch $@
+
+# A remote set or pulled in later installs its plugin on the next make, and nothing else: only this stamp
+# depends on .dvc/config, so `make remote` or `dvc remote add` never reruns the project's install.
+$(REMOTE_PLUGINS): $(INSTALLED) $(wildcard .dvc/config .dvc/config.local)
+	@$(REMOTE_PLUGIN)
+	@touch $@
 
 $(PLOTS_TEMPLATE): $(INSTALLED) src/classifier/plots_template.py
 	$(BIN)/python -m classifier.plots_template $@

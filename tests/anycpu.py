@@ -25,10 +25,13 @@ def native_has_avx512(cpuinfo: Path = Path("/proc/cpuinfo")) -> bool:
 
 def other_cpu_env() -> dict[str, str]:
     """Settings that change the kernels every matmul and vector op uses: one level below this CPU's own
-    (AVX2 where it has AVX-512, else SSE4). One thread, as `make test` trains, so threads are not what differs."""
+    (AVX2 where it has AVX-512, else SSE4), and MKL's reproducible generic path (MKL_CBWR=COMPATIBLE). The
+    caps alone change nothing on an AMD EPYC with AVX-512 (MKL takes the same path there whatever it is
+    allowed; measured Dec 2026), the generic path changes the bytes on both makers' CPUs. One thread, as
+    `make test` trains, so threads are not what differs."""
     aten, mkl, onednn = ("AVX2", "AVX2", "AVX2") if native_has_avx512() else ("DEFAULT", "SSE4_2", "SSE41")
     return {"ATEN_CPU_CAPABILITY": aten, "MKL_ENABLE_INSTRUCTIONS": mkl, "ONEDNN_MAX_CPU_ISA": onednn,
-            "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+            "MKL_CBWR": "COMPATIBLE", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
 
 
 def main(argv: list[str]) -> None:

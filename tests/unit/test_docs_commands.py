@@ -34,6 +34,7 @@ THIRD_PARTY_ENV = {
     "GITHUB_TOKEN": "GitHub Actions",
     "OMP_NUM_THREADS": "torch's OpenMP thread pool",
     "ATEN_CPU_CAPABILITY": "torch's choice of SIMD kernels (make test-anycpu caps it: tests/anycpu.py)",
+    "MKL_CBWR": "MKL's reproducible code path (make test-anycpu sets it: tests/anycpu.py)",
     "PYTEST_ADDOPTS": "pytest, which adds these options to every run (make test's --durations=20)",
 }
 
