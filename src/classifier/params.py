@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import ipaddress
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
 import yaml
@@ -116,8 +116,9 @@ class CompareParams(Section):
     alpha: float = Field(default=0.05, gt=0, lt=0.5)
     min_effect: MinEffect
     # Read by nothing since the intervals stopped resampling (classifier.intervals: score and t intervals);
-    # still accepted because the report and the gate read the BASE's params.yaml, which may predate that.
-    resamples: int | None = Field(default=None, ge=100, le=100_000)
+    # still accepted, whatever its value, because the report and the gate read the BASE's params.yaml,
+    # which may predate that: an old base's `resamples: 50` must not make its pull requests unjudgeable.
+    resamples: Any = Field(default=None, exclude=True)
     # The retrain gate keeps out a challenger measurably worse on these metrics (its interval
     # excludes 0 on the worse side), even by less than min_effect; [] promotes one that is
     # non-inferior within min_effect all the same. Not loss by default: equally accurate models

@@ -569,12 +569,23 @@ def test_every_challenger_the_gate_promotes_passes_the_report_on_the_same_tables
                                                                                         rng.uniform(0, 1.5), n), 0))
         decision = gate(champion, challenger, rules, None)
         report = judge(results(champion), results(challenger), rules)
-        assert report == decision.judgement  # the gate judges with the report's own judgement
+        # The rule restated from the report's printed intervals, not from its words: non-inferior when the
+        # gain's lower end stays above -min_effect; kept out when the interval lies wholly on the worse side.
+        expected = {}
         for metric in report.metrics:
-            assert decision.checks[f"{metric.name} non-inferior"] == (not metric.verdict.fails)
+            higher_is_better = metric.name != "loss"
+            gain_low, gain_high = (metric.low, metric.high) if higher_is_better else (-metric.high, -metric.low)
+            expected[f"{metric.name} non-inferior"] = gain_low > -getattr(rules.min_effect, metric.name) + 1e-9
+            if metric.name in rules.keep_out_measurably_worse:
+                expected[f"{metric.name} not measurably worse"] = not gain_high < 0
+        accuracy = next(metric for metric in report.metrics if metric.name == "accuracy")
+        expected["accuracy not below the best minus min_effect"] = (
+            accuracy.head >= accuracy.base - rules.min_effect.accuracy - 1e-9)
+        assert decision.checks == expected, decision.reason
+        assert decision.promote == all(expected.values())
         if decision.promote:
             promoted += 1
-            assert exit_status(report.verdict) == 0, decision.reason
+            assert exit_status(report.verdict) == 0, decision.reason  # a promotion never turns CI red
     assert 10 < promoted < 140  # both outcomes were tried
 
 

@@ -107,3 +107,11 @@ def test_round_trip_through_yaml(tmp_path, default_params):
     path = tmp_path / "params.yaml"
     path.write_text(yaml.safe_dump(default_params))
     assert load_params(path).train.epochs == default_params["train"]["epochs"]
+
+
+@pytest.mark.parametrize("resamples", [50, 2000, None])
+def test_an_old_bases_resamples_is_accepted_whatever_its_value(default_params, resamples):
+    # The report and the gate read the base's params.yaml; `compare.resamples` is read by nothing now.
+    params = copy.deepcopy(default_params)
+    params["compare"]["resamples"] = resamples
+    assert validate_params(params).compare.min_effect.accuracy == default_params["compare"]["min_effect"]["accuracy"]

@@ -11,7 +11,12 @@ from benchmarks.verdict_coverage import WON, measure, population
 from classifier.params import load_params
 from tests.conftest import PROJECT_ROOT
 
-REPLICATIONS = 300
+# The target is 0.93 at nominal 0.95 (the benchmark, thousands of replications: docs/reports.md). At 1,000
+# replications an estimate's standard error is about 0.008, so FLOOR passes an interval that truly covers
+# 0.93 or more and fails one that covers 0.90 (three standard errors below). 300 replications and a 0.90
+# floor, as before, passed an interval covering 0.91.
+REPLICATIONS = 1000
+FLOOR = 0.925
 
 
 @pytest.fixture(scope="module")
@@ -27,7 +32,7 @@ def test_every_interval_covers_and_an_equally_good_challenger_is_promoted(shape,
         assert people.changes["accuracy"] == pytest.approx(change)
         result = measure(people, 1051, REPLICATIONS, policy, rng)
         for name in ("accuracy", "macro_f1", "loss"):
-            assert result[name] >= 0.90, (name, change, result)
+            assert result[name] >= FLOOR, (name, change, result)
         if change == 0:
             assert result["promoted"] >= 0.90, result
         else:
