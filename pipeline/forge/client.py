@@ -9,7 +9,7 @@ Server's https://host/api/v3.
 `Forge.open_or_update` updates our open pull request (head: this project's `branch`; base: `base`) or opens
 one: run twice for one branch, it still leaves one. `Forge.label` adds labels by name (by id where an older
 Gitea takes only ids). Each call is done within `timeout` seconds, all of them within `budget_s`; every answer
-is read for the shape it must have; anything else is a ForgeError (pipeline.forge.wire).
+is read for the shape it must have; anything else is a ForgeError (pipeline.forge.transport).
 """
 
 from __future__ import annotations
@@ -21,8 +21,8 @@ import urllib.parse
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-from pipeline.forge.where import Project, known_api, token_may_go_to, token_problem
-from pipeline.forge.wire import Answer, ForgeError, exchange, origin, redacted
+from pipeline.forge.address import Project, known_api, token_may_go_to, token_problem
+from pipeline.forge.transport import Answer, ForgeError, exchange, origin, redacted
 
 # The version of GitHub's REST API the calls are written against; Gitea and Forgejo ignore the header.
 API_VERSION = "2022-11-28"
@@ -138,20 +138,20 @@ class Forge:
     def call(self, method: str, path_or_url: str, body: dict | None = None) -> Answer:
         """One API call within the call's and the step's time; a URL of another host is not called."""
         url = path_or_url if "://" in path_or_url else self.api + path_or_url
-        shown = f"{method} {redacted(urllib.parse.urlsplit(url).path, self._token)}"
+        request = f"{method} {redacted(urllib.parse.urlsplit(url).path, self._token)}"
         if origin(url) != origin(self.api):
-            raise ForgeError(f"{shown}: the forge pointed at another host ({redacted(origin(url), self._token)}); "
+            raise ForgeError(f"{request}: the forge pointed at another host ({redacted(origin(url), self._token)}); "
                              "not followed")
         left = self._until - time.monotonic()
         if left <= 0:
-            raise ForgeError(f"{shown}: not called, the forge's calls took their {self.budget_s:g} s")
+            raise ForgeError(f"{request}: not called, the forge's calls took their {self.budget_s:g} s")
         data = None if body is None else json.dumps(body).encode()
         try:
             return exchange(method, url, self._headers(data is not None), data, min(self.timeout, left), self._token)
         except ForgeError as error:
             if time.monotonic() < self._until:
                 raise
-            raise ForgeError(f"{shown}: stopped, the forge's calls took their {self.budget_s:g} s", error.status) from None
+            raise ForgeError(f"{request}: stopped, the forge's calls took their {self.budget_s:g} s", error.status) from None
 
     def _headers(self, json_body: bool) -> dict[str, str]:
         # GitHub's documented headers; Gitea and Forgejo take the same Bearer token (and `token <t>`).

@@ -31,8 +31,8 @@ from prefect.utilities.urls import url_for
 
 from classifier.compare import GateDecision
 from pipeline.forge.client import Forge, api_base
-from pipeline.forge.where import Project, compare_url, project_of
-from pipeline.forge.wire import ForgeError, words
+from pipeline.forge.address import Project, compare_url, project_of
+from pipeline.forge.transport import ForgeError, loggable
 from pipeline.project import LOCK_PATH, PARAMS_PATH, flatten
 from pipeline.results import git, git_reader
 
@@ -144,7 +144,7 @@ def forge_project(origin: str | None, logger) -> Project | None:
     try:
         return project_of(origin, os.environ.get(API_ENV), os.environ.get(REPO_ENV))
     except ValueError as error:  # a host of GitHub's that holds no repository, an owner/name no forge has
-        logger.warning("the origin or %s names no forge project: %s", REPO_ENV, words(str(error)))
+        logger.warning("the origin or %s names no forge project: %s", REPO_ENV, loggable(str(error)))
         return None
 
 
@@ -183,8 +183,8 @@ def open_pull_request(workspace: Path, repo: str, local_repo: Path | None, base:
                                  yaml.safe_load((workspace / LOCK_PATH).read_text()))
         return submit(forge, base, branch, title(changes, decision), body(report, branch, flow_run_url()), at, logger)
     except Exception as error:  # the step's one boundary: the wire, an answer's shape, a bug; never the run
-        said = str(error) if isinstance(error, ForgeError) else f"{type(error).__name__}: {error}"
-        return not_opened(words(said, token, limit=600), at, logger)
+        message = str(error) if isinstance(error, ForgeError) else f"{type(error).__name__}: {error}"
+        return not_opened(loggable(message, token, limit=600), at, logger)
 
 
 def not_opened(why: str, at: str, logger) -> PullRequestNote:

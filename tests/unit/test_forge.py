@@ -12,8 +12,8 @@ import socket
 import pytest
 
 from pipeline.forge.client import Forge, api_base
-from pipeline.forge.where import GITHUB_API, Project, compare_url, known_api, locate, project_of, web_of_api
-from pipeline.forge.wire import ForgeError
+from pipeline.forge.address import GITHUB_API, Project, compare_url, known_api, locate, project_of, web_of_api
+from pipeline.forge.transport import ForgeError
 from tests.forge_server import FakeForge, ForgeScript, fake_forge
 
 TOKEN = f"ghp_test{secrets.token_hex(12)}"

@@ -18,8 +18,8 @@ from types import SimpleNamespace
 import pytest
 
 from pipeline.forge.client import Forge, api_base
-from pipeline.forge.where import Project
-from pipeline.forge.wire import MAX_WORDS, ForgeError, words
+from pipeline.forge.address import Project
+from pipeline.forge.transport import MAX_LOGGED, ForgeError, loggable
 from pipeline.retrain import pull_request
 from tests.forge_server import authorization_of, endless, hostile_server, http_answer, json_answer, trickle
 
@@ -75,7 +75,7 @@ def test_each_misbehaviour_is_one_bounded_forge_error_without_the_token(behaviou
         took = time.monotonic() - started
     said = str(raised.value)
     assert took < 4 * CALL_S, f"{behaviour}: {took:.1f} s"  # a few calls, each within its deadline
-    assert len(said) < 2 * MAX_WORDS + 200, said[:500]
+    assert len(said) < 2 * MAX_LOGGED + 200, said[:500]
     for text in (said, repr(raised.value), str(raised.value.args), repr(forge)):
         assert_clean(text)
 
@@ -201,12 +201,12 @@ def test_the_token_is_blanked_in_every_form_an_error_can_quote_it():
     quoted = [token, repr(token), repr(token.encode()), json.dumps(token), urllib.parse.quote(token, safe=""),
               urllib.parse.quote_plus(token), f"Bearer {token}"]
     for form in quoted:
-        said = words(f"the forge said {form} and more", token)
+        said = loggable(f"the forge said {form} and more", token)
         left = said.replace("***", "").replace("Bearer", "").removeprefix("the forge said ").removesuffix(" and more")
         assert "***" in said and left.strip(" b'\"") == "", said  # at most repr's or JSON's own quotes remain
-    assert words("echoed 'authorization: token abc123def456'") == "echoed 'authorization: ***'"  # anyone's
-    assert words("x" * 1000 + token, token).endswith("…")  # cut after blanking: no half of it is left
-    assert words("Bearer tokens expire; token invalid") == "Bearer tokens expire; token invalid"  # words, not secrets
+    assert loggable("echoed 'authorization: token abc123def456'") == "echoed 'authorization: ***'"  # anyone's
+    assert loggable("x" * 1000 + token, token).endswith("…")  # cut after blanking: no half of it is left
+    assert loggable("Bearer tokens expire; token invalid") == "Bearer tokens expire; token invalid"  # words, not secrets
 
 
 def test_the_environments_proxy_is_used_as_urllib_would(monkeypatch):

@@ -10,7 +10,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 from pipeline.forge.client import Forge
-from pipeline.forge.where import Project
+from pipeline.forge.address import Project
 from pipeline.retrain.pull_request import LABEL, body, changed_inputs, submit, title, why_not
 from tests.forge_server import FakeForge, ForgeScript, fake_forge
 

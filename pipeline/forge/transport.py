@@ -9,7 +9,7 @@
 - Redirects followed only to the same origin, the method kept (307, 308) or a GET's (301, 302, 303):
   a request to another host would carry the Authorization header with it.
 - The proxy of the environment (`https_proxy`, `no_proxy`), as urllib found it.
-- Every failure is a ForgeError naming the call, with the forge's own words cut to MAX_WORDS characters,
+- Every failure is a ForgeError naming the call, with the forge's own words cut to MAX_LOGGED characters,
   control characters removed, and the token blanked in every form it can be echoed in (itself, escaped by
   repr or JSON, percent-encoded, after `Authorization:` or `Bearer`).
 """
@@ -30,7 +30,7 @@ import httpcore
 
 MAX_ANSWER_BYTES = 8 * 2**20  # a page of 100 GitHub pull requests is about 2.5 MB
 MAX_ERROR_BYTES = 64 * 2**10  # an error's body is read for its message only
-MAX_WORDS = 300  # characters of the forge's own words in a message
+MAX_LOGGED = 300  # characters of the forge's own words in a message
 MAX_REDIRECTS = 3
 _CREDENTIALS = (re.compile(r"(?i)(authorization[\"']?\s*[:=]\s*[\"']?)[^\r\n\"']+"),
                 re.compile(r"(?i)\b(bearer\s+)[A-Za-z0-9._~+/=-]{8,}"))
@@ -67,7 +67,7 @@ def redacted(text: str, secret: str = "") -> str:
     return text
 
 
-def words(text: str, secret: str = "", limit: int = MAX_WORDS) -> str:
+def loggable(text: str, secret: str = "", limit: int = MAX_LOGGED) -> str:
     """What a forge (or an error about its answer) said, fit for one line of a log: the secret blanked
     first (so no cut leaves half of it), control and formatting characters dropped, spaces collapsed, cut."""
     text = redacted(text, secret)
@@ -76,7 +76,7 @@ def words(text: str, secret: str = "", limit: int = MAX_WORDS) -> str:
     return text if len(text) <= limit else text[:limit - 1] + "…"
 
 
-def forge_said(data: bytes, secret: str = "") -> str:
+def forge_message(data: bytes, secret: str = "") -> str:
     """The forge's own words in an error's body: its `message`, and GitHub's `errors` (strings, or objects
     with a message or code); "" for a body of any other shape."""
     try:
@@ -88,7 +88,7 @@ def forge_said(data: bytes, secret: str = "") -> str:
     errors = answer.get("errors") if isinstance(answer.get("errors"), list) else []
     details = [item if isinstance(item, str) else item.get("message") or item.get("code")
                for item in errors[:5] if isinstance(item, (str, dict))]
-    return words("; ".join(part for part in [answer.get("message"), *details] if isinstance(part, str) and part),
+    return loggable("; ".join(part for part in [answer.get("message"), *details] if isinstance(part, str) and part),
                  secret)
 
 
@@ -117,7 +117,7 @@ def exchange(method: str, url: str, headers: dict[str, str], body: bytes | None,
              secret: str = "", max_bytes: int = MAX_ANSWER_BYTES) -> Answer:
     """`method url` with `headers` and `body`, done within `within_s` seconds: a 2xx answer's JSON and links.
     ForgeError for anything else, the forge's status and words in it."""
-    shown = f"{method} {words(urllib.parse.urlsplit(url).path, secret, 120)}"
+    request = f"{method} {loggable(urllib.parse.urlsplit(url).path, secret, 120)}"
     deadline = time.monotonic() + within_s
     try:
         for _ in range(MAX_REDIRECTS + 1):
@@ -127,29 +127,29 @@ def exchange(method: str, url: str, headers: dict[str, str], body: bytes | None,
                 break
             target = urllib.parse.urljoin(url, location)
             if origin(target) != origin(url):
-                raise ForgeError(f"{shown}: {status}, redirected to another host ({words(origin(target), secret)});"
+                raise ForgeError(f"{request}: {status}, redirected to another host ({loggable(origin(target), secret)});"
                                  " not followed", status)
             if status not in (307, 308):
                 method, body = "GET", None
             url = target
         else:
-            raise ForgeError(f"{shown}: more than {MAX_REDIRECTS} redirects; not followed", status)
+            raise ForgeError(f"{request}: more than {MAX_REDIRECTS} redirects; not followed", status)
     except ForgeError:
         raise
     except httpcore.TimeoutException:
-        raise ForgeError(f"{shown}: no whole answer from {origin(url)} within {within_s:g} s") from None
+        raise ForgeError(f"{request}: no whole answer from {origin(url)} within {within_s:g} s") from None
     except httpcore.ConnectError as error:
-        raise ForgeError(f"{shown}: {origin(url)} cannot be reached ({words(str(error), secret)})") from None
+        raise ForgeError(f"{request}: {origin(url)} cannot be reached ({loggable(str(error), secret)})") from None
     except Exception as error:  # a cut body, a bad chunk, a garbage status line, headers past h11's cap...
-        raise ForgeError(f"{shown}: {type(error).__name__}: {words(str(error), secret)}") from None
+        raise ForgeError(f"{request}: {type(error).__name__}: {loggable(str(error), secret)}") from None
     if not 200 <= status < 300:
-        said = forge_said(data, secret)
-        raise ForgeError(f"{shown}: {status} {_phrase(status)}{f': {said}' if said else ''}", status)
+        reason = forge_message(data, secret)
+        raise ForgeError(f"{request}: {status} {_phrase(status)}{f': {reason}' if reason else ''}", status)
     try:
         answer = json.loads(data) if data.strip() else None
     except (ValueError, RecursionError) as error:
-        raise ForgeError(f"{shown}: the answer is not JSON ({type(error).__name__}: "
-                         f"{words(str(error), secret, 80)})", status) from None
+        raise ForgeError(f"{request}: the answer is not JSON ({type(error).__name__}: "
+                         f"{loggable(str(error), secret, 80)})", status) from None
     return Answer(status, answer, links(answer_headers.get("link", "")))
 
 
