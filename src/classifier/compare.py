@@ -38,13 +38,13 @@ from __future__ import annotations
 from classifier.gate_rule import GateDecision, gate, gate_checks
 from classifier.intervals import accuracy_interval, macro_f1_interval, mcnemar_p, mean_interval
 from classifier.judgement import (
-    POWER, Discordance, Interval, Judgement, MetricVerdict, Resolution, Results, cannot_judge, discordance, judge,
-    judge_pair, paired_intervals, resolution,
+    POWER, Discordance, Interval, Judgement, MetricVerdict, Resolution, Results, cannot_judge, changes_by_verdict,
+    discordance, headline, judge, judge_pair, paired_intervals, resolution,
 )
 from classifier.tables import COLUMNS, PredictionsError, class_set, pairing_problem, point_metrics, read_predictions
 from classifier.verdicts import (
     COULD_NOT_JUDGE, EPSILON, HIGHER_IS_BETTER, IMPROVED, LABELS, MEANING, METRICS, NEW, NO_CHANGE, NOT_COMPARABLE,
-    REGRESSED, SEVERITY, Verdict, changes_by_verdict, exit_status, headline, metric_verdict, overall,
+    REGRESSED, SEVERITY, Verdict, exit_status, metric_verdict, overall,
 )
 
 __all__ = [

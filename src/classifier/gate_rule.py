@@ -24,10 +24,10 @@ from dataclasses import dataclass, field
 
 import pandas as pd
 
-from classifier.judgement import Discordance, Judgement, MetricVerdict, Resolution, judge_pair
+from classifier.judgement import Discordance, Judgement, MetricVerdict, Resolution, headline, judge_pair
 from classifier.params import CompareParams
 from classifier.tables import PredictionsError, pairing_problem
-from classifier.verdicts import EPSILON, HIGHER_IS_BETTER, LABELS, METRICS, headline
+from classifier.verdicts import EPSILON, HIGHER_IS_BETTER, LABELS, METRICS
 
 
 @dataclass(frozen=True)

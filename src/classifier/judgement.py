@@ -24,7 +24,9 @@ from scipy import stats
 from classifier.intervals import accuracy_interval, macro_f1_interval, mcnemar_p, mean_interval
 from classifier.params import CompareParams
 from classifier.tables import PredictionsError, class_set, codes, loss_problem, pairing_problem, point_metrics
-from classifier.verdicts import COULD_NOT_JUDGE, EPSILON, METRICS, NEW, NOT_COMPARABLE, Verdict, metric_verdict, overall
+from classifier.verdicts import (
+    COULD_NOT_JUDGE, EPSILON, LABELS, METRICS, NEW, NOT_COMPARABLE, SEVERITY, Verdict, metric_verdict, overall,
+)
 
 # The resolution: the margin an equally good challenger clears this often.
 POWER = 0.95
@@ -118,13 +120,13 @@ def discordance(base: pd.DataFrame, head: pd.DataFrame) -> Discordance:
     return Discordance(len(base), base_only, head_only, float(mcnemar_p(base_only, head_only)))
 
 
-def paired_intervals(base: pd.DataFrame, head: pd.DataFrame, confidence: float) -> dict[str, Interval]:
-    """Each metric's (confidence) interval of head - base: Tango's for accuracy, Student's t for mean
-    loss, Tango's carried over by the jackknife for macro F1 (classifier.intervals), on one class set."""
-    classes = class_set(base, head)
+def paired_intervals(base: pd.DataFrame, head: pd.DataFrame, classes: list[str], paired: Discordance,
+                     confidence: float) -> dict[str, Interval]:
+    """Each metric's (confidence) interval of head - base: Tango's for accuracy (on `paired`, the
+    discordant counts), Student's t for mean loss, Tango's carried over by the jackknife for macro F1
+    (classifier.intervals), on `classes`, the one class set of both sides."""
     actual, base_predicted, head_predicted = (codes(column, classes)
                                               for column in (base["actual"], base["predicted"], head["predicted"]))
-    paired = discordance(base, head)
     ends = {
         "accuracy": accuracy_interval(paired.base_only, paired.head_only, paired.n, confidence),
         "macro_f1": macro_f1_interval(actual, base_predicted, head_predicted, len(classes), confidence),
@@ -193,7 +195,7 @@ def judge_pair(base: pd.DataFrame, head: pd.DataFrame, policy: CompareParams) ->
     classes = class_set(base, head)
     base_numbers, head_numbers = point_metrics(base, classes), point_metrics(head, classes)
     paired = discordance(base, head)
-    intervals = paired_intervals(base, head, confidence)
+    intervals = paired_intervals(base, head, classes, paired, confidence)
     min_effect = policy.min_effect.model_dump()
     metrics = []
     for name in METRICS:
@@ -204,3 +206,21 @@ def judge_pair(base: pd.DataFrame, head: pd.DataFrame, policy: CompareParams) ->
     reason = (f"{paired.n:,} paired test examples: {paired.base_only} right only at base, "
               f"{paired.head_only} right only at head (McNemar p = {paired.p_value:.3g})")
     return Judgement(verdict, tuple(metrics), reason, paired, confidence, resolution(intervals, paired.n, policy))
+
+
+def changes_by_verdict(judgement: Judgement) -> list[tuple[Verdict, str]]:
+    """Each verdict among the metrics, the overall one first, with its metrics' changes
+    (`accuracy -0.0124, macro F1 -0.0126`); empty when nothing was measured (new, not comparable)."""
+    if judgement.verdict not in SEVERITY:
+        return []
+    verdicts = sorted({metric.verdict for metric in judgement.metrics}, key=SEVERITY.index)
+    return [(verdict, ", ".join(f"{LABELS[metric.name]} {metric.delta:+.4f}" for metric in judgement.metrics
+                                if metric.verdict == verdict))
+            for verdict in verdicts]
+
+
+def headline(judgement: Judgement) -> str:
+    """The verdict in one line, each metric with its change, the overall verdict first:
+    `worse, but by less than matters (accuracy -0.0124, macro F1 -0.0126); no detectable change (loss -0.0269)`."""
+    groups = changes_by_verdict(judgement)
+    return "; ".join(f"{verdict} ({changes})" for verdict, changes in groups) if groups else str(judgement.verdict)

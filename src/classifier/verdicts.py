@@ -19,11 +19,6 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from enum import StrEnum
-from typing import TYPE_CHECKING
-
-if TYPE_CHECKING:
-    from classifier.judgement import Judgement
-
 METRICS = ("accuracy", "macro_f1", "loss")
 # Which way is better for each test metric.
 HIGHER_IS_BETTER = {"accuracy": True, "macro_f1": True, "loss": False}
@@ -130,24 +125,6 @@ def metric_verdict(name: str, low: float, high: float, min_effect: float) -> Ver
 def overall(verdicts: Sequence[Verdict]) -> Verdict:
     """The verdict a reviewer must see first: a mixed result is judged by its worst news."""
     return next(verdict for verdict in SEVERITY if verdict in verdicts)
-
-
-def changes_by_verdict(judgement: Judgement) -> list[tuple[Verdict, str]]:
-    """Each verdict among the metrics, the overall one first, with its metrics' changes
-    (`accuracy -0.0124, macro F1 -0.0126`); empty when nothing was measured (new, not comparable)."""
-    if judgement.verdict not in SEVERITY:
-        return []
-    verdicts = sorted({metric.verdict for metric in judgement.metrics}, key=SEVERITY.index)
-    return [(verdict, ", ".join(f"{LABELS[metric.name]} {metric.delta:+.4f}" for metric in judgement.metrics
-                                if metric.verdict == verdict))
-            for verdict in verdicts]
-
-
-def headline(judgement: Judgement) -> str:
-    """The verdict in one line, each metric with its change, the overall verdict first:
-    `worse, but by less than matters (accuracy -0.0124, macro F1 -0.0126); no detectable change (loss -0.0269)`."""
-    groups = changes_by_verdict(judgement)
-    return "; ".join(f"{verdict} ({changes})" for verdict, changes in groups) if groups else str(judgement.verdict)
 
 
 def exit_status(verdict: Verdict) -> int:
