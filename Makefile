@@ -58,8 +58,10 @@ $(PLOTS_TEMPLATE): $(INSTALLED) src/classifier/plots_template.py
 
 install: $(ENV)  ## create .venv and install the project and its test tools
 
-# Prefect: its database and settings live in the project's .prefect/ (ignored by git and DVC);
-# no telemetry, which only fails and slows the server down offline.
+# Prefect: its settings, and the SQLite database of `make run`'s server and of `make server` without a
+# DATABASE_URL, live in the project's .prefect/ (ignored by git and DVC); a team's `make server
+# DATABASE_URL=postgresql+asyncpg://...` keeps its runs in PostgreSQL instead (docs/scaling-out.md).
+# No telemetry, which only fails and slows the server down offline.
 export PREFECT_HOME ?= $(CURDIR)/.prefect
 export PREFECT_SERVER_ANALYTICS_ENABLED ?= false
 export DO_NOT_TRACK ?= 1
@@ -145,6 +147,16 @@ auth-string:  ## write a new random auth string to PREFECT_AUTH_FILE (mode 600);
 	@mkdir -p '$(dir $(PREFECT_AUTH_FILE))' && umask 077 && $(PYTHON) -c 'import secrets; print(secrets.token_urlsafe(32))' > '$(PREFECT_AUTH_FILE).new' && mv '$(PREFECT_AUTH_FILE).new' '$(PREFECT_AUTH_FILE)'
 	@echo "make auth-string: wrote a new auth string to $(PREFECT_AUTH_FILE); copy it to each worker's checkout, then restart the server and the workers"
 
+# The server's database (docs/scaling-out.md, "The server's database"): SQLite in PREFECT_HOME unless DATABASE_URL
+# (command line or environment) names a PostgreSQL, postgresql+asyncpg://USER@HOST:PORT/DB; its password best comes
+# from PGPASSWORD or ~/.pgpass, not the URL. Only the server is given it (PREFECT_API_DATABASE_CONNECTION_URL); before it
+# starts, python -m pipeline.server.database checks it (one line: unreachable, credentials refused, no pg_trgm) and
+# brings it to Prefect's schema (prefect server database upgrade -y), so the server need not migrate again.
+DATABASE_URL ?=
+ifneq ($(DATABASE_URL),)
+server: export PREFECT_API_DATABASE_CONNECTION_URL := $(DATABASE_URL)
+endif
+
 # Beyond loopback the server answers only clients that hold its auth string; on loopback one is optional.
 # Prefect builds the UI's API address from its settings, not from --port (4200 unless told): it is told SERVER_URL.
 server: $(ENV)  ## start a Prefect server on PREFECT_HOST:PREFECT_PORT (default 127.0.0.1:4200), its UI at SERVER_URL; beyond loopback, with authentication
@@ -155,6 +167,10 @@ server: $(ENV)  ## start a Prefect server on PREFECT_HOST:PREFECT_PORT (default 
 	else unset PREFECT_SERVER_API_AUTH_STRING; fi; \
 	echo "make server: the UI, and the links runs print, at $(SERVER_URL) (SERVER_URL: give make worker, deploy, sweep and retrain the same)"; \
 	export PREFECT_SERVER_UI_API_URL='$(SERVER_URL)/api' PREFECT_UI_URL='$(SERVER_URL)'; \
+	if [ -n "$$PREFECT_API_DATABASE_CONNECTION_URL" ]; then \
+	found="$$($(BIN)/python -m pipeline.server.database upgrade)" || exit 2; echo "make server: $$found"; \
+	export PREFECT_API_DATABASE_MIGRATE_ON_START=false; \
+	else echo "make server: database SQLite in $(PREFECT_HOME) (one writer at a time; a team's server: DATABASE_URL=postgresql+asyncpg://..., docs/scaling-out.md)"; fi; \
 	exec $(BIN)/prefect server start --host '$(PREFECT_HOST)' --port '$(PREFECT_PORT)'
 
 worker deploy data-updated: export PREFECT_API_URL ?= $(SERVER_URL)/api

@@ -25,3 +25,19 @@ def server(tmp_path):
 
     with prefect_server(tmp_path) as running:
         yield running
+
+
+@pytest.fixture(scope="session")
+def postgres_binaries():
+    """Debian's PostgreSQL bin folder (initdb, pg_ctl), installed with apt-get when missing (tests/postgres_server.py)."""
+    from tests.postgres_server import install_postgres, postgres_bin
+
+    found = postgres_bin()
+    if found is not None:
+        return found
+    try:
+        return install_postgres()
+    except RuntimeError as error:
+        if os.environ.get("CI") or "failed" in str(error):
+            pytest.fail(str(error))
+        pytest.skip(str(error))

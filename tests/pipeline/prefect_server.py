@@ -22,7 +22,7 @@ PREFECT = str(VENV_BIN / "prefect")
 FINAL = {"COMPLETED", "FAILED", "CANCELLED", "CRASHED"}
 # The Makefile's own targets, run in a copy of the project with this interpreter's venv: `-o` keeps
 # make from (re)installing a venv into the copy.
-MAKE = ["make", "--no-print-directory", "-o", ".venv/.installed", f"BIN={VENV_BIN}"]
+MAKE = ["make", "--no-print-directory", "-o", ".venv/.installed", "-o", ".venv/.remote-plugins", f"BIN={VENV_BIN}"]
 
 
 def free_port() -> int:
@@ -63,11 +63,14 @@ def basic_auth(auth_string: str) -> dict[str, str]:
 
 
 @contextmanager
-def prefect_server(folder: Path, auth_string: str | None = None, make_project: Path | None = None):
+def prefect_server(folder: Path, auth_string: str | None = None, make_project: Path | None = None,
+                   database_url: str | None = None, server_extra_env: dict | None = None):
     """A `prefect server start` on a free port, its home and log in `folder`: yields (api url, env for clients).
 
     auth_string: the server's PREFECT_SERVER_API_AUTH_STRING (the clients' env does not get it: each test
-    says how its clients hold it); make_project: start it with `make server` in that project instead."""
+    says how its clients hold it); make_project: start it with `make server` in that project instead;
+    database_url: its database (`make server DATABASE_URL=...`, or PREFECT_API_DATABASE_CONNECTION_URL);
+    server_extra_env: more of the server's environment (PGPASSWORD, PREFECT_SERVER_LOG_RETRYABLE_ERRORS)."""
     port = free_port()
     api = f"http://127.0.0.1:{port}/api"
     env = subprocess_env(PREFECT_HOME=str(folder / "prefect-home"), PREFECT_SERVER_ANALYTICS_ENABLED="false",
@@ -78,9 +81,13 @@ def prefect_server(folder: Path, auth_string: str | None = None, make_project: P
     if auth_string is not None:
         server_env["PREFECT_SERVER_API_AUTH_STRING"] = auth_string
         AUTH_HEADERS[api] = basic_auth(auth_string)
+    server_env.update(server_extra_env or {})
     command = [PREFECT, "server", "start", "--host", "127.0.0.1", "--port", str(port)]
     if make_project is not None:
-        command = [*MAKE, "server", "PREFECT_HOST=127.0.0.1", f"PREFECT_PORT={port}"]
+        command = [*MAKE, "server", "PREFECT_HOST=127.0.0.1", f"PREFECT_PORT={port}",
+                   *([f"DATABASE_URL={database_url}"] if database_url else [])]
+    elif database_url:
+        server_env["PREFECT_API_DATABASE_CONNECTION_URL"] = database_url
     log = open(folder / "server.log", "w")
     process = subprocess.Popen(command, cwd=make_project, env=server_env,
                                stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
@@ -91,7 +98,7 @@ def prefect_server(folder: Path, auth_string: str | None = None, make_project: P
             except httpx.HTTPError:
                 assert process.poll() is None, (folder / "server.log").read_text()
                 return False
-        wait_for(healthy, "the Prefect server", 120)
+        wait_for(healthy, "the Prefect server", 300 if database_url else 120)  # a PostgreSQL is migrated first
         yield api, env
     finally:
         stop(process)

@@ -36,6 +36,10 @@ THIRD_PARTY_ENV = {
     "ATEN_CPU_CAPABILITY": "torch's choice of SIMD kernels (make test-anycpu caps it: tests/anycpu.py)",
     "MKL_CBWR": "MKL's reproducible code path (make test-anycpu sets it: tests/anycpu.py)",
     "PYTEST_ADDOPTS": "pytest, which adds these options to every run (make test's --durations=20)",
+    "PGPASSWORD": "asyncpg (the Prefect server's PostgreSQL driver) and libpq's tools, for a URL without a password",
+    "PREFECT_SERVER_LOG_RETRYABLE_ERRORS": "the Prefect server, which then logs the database errors its clients retry",
+    "PREFECT_SERVER_SERVICES_DB_VACUUM_ENABLED": "the Prefect server's db_vacuum service (docs/scaling-out.md)",
+    "PREFECT_SERVER_SERVICES_DB_VACUUM_RETENTION_PERIOD": "the Prefect server's db_vacuum service (docs/scaling-out.md)",
 }
 
 SHELL_BREAKS = {";", "&&", "||", "|", "&", "(", ")", ">", "<", ">>", "2>&1"}

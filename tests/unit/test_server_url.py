@@ -28,7 +28,7 @@ def make(folder: Path, target: str, *assignments: str, **env: str) -> subprocess
         (bin_dir / name).write_text(STAND_IN)
         (bin_dir / name).chmod(0o755)
     clean = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_") and k != "SERVER_URL"}
-    return subprocess.run(["make", "--no-print-directory", "-f", str(PROJECT_ROOT / "Makefile"), "-o", ".venv/.installed",
+    return subprocess.run(["make", "--no-print-directory", "-f", str(PROJECT_ROOT / "Makefile"), "-o", ".venv/.installed", "-o", ".venv/.remote-plugins",
                            "-o", ".dvc/offline-plots.html", f"BIN={bin_dir}", target, *assignments],
                           cwd=folder, env={**clean, **env}, capture_output=True, text=True, timeout=60)
 
