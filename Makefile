@@ -235,6 +235,20 @@ data-updated: $(ENV)  ## announce new data to the server (event classifier.data.
 retrain: $(ENV)  ## retrain BASE (default main) now, in a workspace of its own; promotes only if as good
 	$(BIN)/python -m pipeline retrain --base '$(BASE)' $(DEVICE_FLAG)
 
+# The model registry (docs/retraining.md, "The champion's name"): GTO's tags on dvc.yaml's `classifier` artifact.
+# .github/workflows/register.yml runs `register` on every push to main; PUSH=1 pushes the new tags to origin.
+PUSH ?=
+VERSION ?=
+CHAMPION_DIR ?= champion
+
+.PHONY: register champion
+
+register: $(ENV)  ## name BASE's model (default main) the next version classifier@vX.Y.0 and assign it prod, if it changed (PUSH=1: push the tags)
+	$(BIN)/python -m pipeline.registry register --rev '$(BASE)' $(if $(PUSH),--push)
+
+champion: $(ENV)  ## fetch the champion (classifier#prod, or VERSION=v0.1.0) into CHAMPION_DIR (default champion/) for python -m classifier.predict
+	$(BIN)/python -m pipeline.registry fetch --out '$(CHAMPION_DIR)' $(if $(VERSION),--version '$(VERSION)')
+
 # Benchmarks (docs/performance.md); not part of `make test`. BENCH_FLAGS=--quick for a smoke run.
 BENCH_FLAGS ?=
 

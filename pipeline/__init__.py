@@ -11,6 +11,7 @@ retrain/ and sweep.py not from one another:
     results.py   one revision's committed results (git) or the workspace's: metrics, predictions,
                  test-split fingerprint, dvc.lock, params and its `compare` policy
     committed.py make run's closing verdict: the workspace's results against HEAD's committed ones
+    registry.py  the champion's name: GTO's version and stage tags for dvc.yaml's `classifier` artifact
     forge/       pull requests on GitHub, GitHub Enterprise, Gitea or Forgejo (their shared REST API),
                  every call bounded; knows nothing of Prefect or DVC
     report/      the pull-request report (`python -m pipeline.report`)

@@ -37,7 +37,10 @@ from classifier.compare import GateDecision, headline
 from pipeline.device import check_device, require_device, trained_as
 from pipeline.project import LOCK_PATH, METRICS_PATH, PARAMS_PATH
 from pipeline.results import git_reader, same_published_model
-from pipeline.retrain.gate import RECORD_PATH, GateError, decision_report, judge_challenger, write_record
+from pipeline.registry import VERDICT_PREFIX
+from pipeline.retrain.gate import (
+    RECORD_PATH, Champion, GateError, champion_of, decision_report, judge_challenger, write_record,
+)
 from pipeline.retrain.pull_request import open_pull_request
 from pipeline.retrain.workspace import (
     RetrainError, check_push_access, close_workspace, dvc, git, has_dvc_remote, open_workspace, restore_outputs,
@@ -54,10 +57,10 @@ PROMOTED_EVENT, KEPT_EVENT = "classifier.model.promoted", "classifier.model.kept
 # The published model, as dvc.lock records it: equal hashes mean nothing worth a branch.
 
 
-def same_model_as_champion(workspace: Path, base: str) -> bool:
-    """A rerun can reproduce the champion exactly (say, the device class was pinned to the one
-    it was trained on): then there is nothing to promote."""
-    champion = git_reader(workspace, base)(LOCK_PATH)
+def same_model_as_champion(workspace: Path, at: str) -> bool:
+    """A rerun can reproduce the champion (committed at `at`) exactly (say, the device class was pinned
+    to the one it was trained on): then there is nothing to promote."""
+    champion = git_reader(workspace, at)(LOCK_PATH)
     return champion is not None and same_published_model(yaml.safe_load(champion),
                                                          yaml.safe_load((workspace / LOCK_PATH).read_text()))
 
@@ -76,14 +79,18 @@ def branch_name(workspace: Path, run_id: str | None) -> str:
     return made[0].removeprefix("origin/") if made else f"{stamp}-{run}"
 
 
-def promote(workspace: Path, cloned: bool, pushed_to_remote: bool, run_id: str | None = None) -> str:
-    """Commit the new lock, params and metrics on the run's retrain branch (branch_name); returns its name."""
+def promote(workspace: Path, cloned: bool, pushed_to_remote: bool, run_id: str | None = None,
+            judged: str = "") -> str:
+    """Commit the new lock, params and metrics on the run's retrain branch (branch_name); returns its name.
+    `judged` (the champion and the verdict) ends the commit's message: `make register` quotes its
+    `Verdict:` line in the version's tag once the branch is merged."""
     branch = branch_name(workspace, run_id)
     git(workspace, "switch", "--quiet", "-C", branch)  # -C: a retry moves its own first attempt's branch
     paths = [LOCK_PATH, PARAMS_PATH, str(Path(RECORD_PATH).parent)]
     git(workspace, "add", "--", *paths)
     git(workspace, "-c", "user.name=classifier retrain", "-c", "user.email=retrain@localhost",
-        "commit", "--quiet", "--allow-empty", "-m", f"Retrain: new model at least as good as the champion ({branch})")
+        "commit", "--quiet", "--allow-empty", "-m", f"Retrain: new model at least as good as the champion ({branch})",
+        *(["-m", judged] if judged else []))
     if pushed_to_remote:
         dvc(workspace, "push", what="pushing the new outputs to the DVC remote")
     if cloned:  # from a URL or a bare origin: the branch goes back there (a retry replaces its own first push)
@@ -116,6 +123,8 @@ def outcome(result: dict, base: str, decision: GateDecision | None = None, metri
                                                "resolved": bool(item.resolved)} for item in decision.resolution}}
     else:
         payload["champion"] = payload["challenger"] = metrics or {}
+    if "champion_version" in result:  # the registry's version judged against (None: base's model, nothing registered)
+        payload["champion_version"] = result["champion_version"]
     if "pull_request" in result:  # a promotion's: its URL, or None (the state message says how to open one)
         payload["pull_request"] = result["pull_request"]
     name = PROMOTED_EVENT if result["branch"] else KEPT_EVENT
@@ -153,35 +162,45 @@ def retrain(repo: str = ".", base: str = "main", device: str | None = None, work
             check_push_access(workspace)
         restore_outputs(workspace, local_repo, logger)
         run = train_pipeline(project_dir=str(workspace), device=device and trained_as(device), timeout_s=timeout_s)
-        if not run["changed"] or same_model_as_champion(workspace, base):
+        try:  # the registry's prod version (GTO), or base's committed model before the first registration
+            champion = champion_of(workspace, base) if run["changed"] else Champion(base, base)
+        except GateError as error:
+            raise RetrainError(f"nothing promoted: {error}") from None
+        if champion.version:
+            logger.info("the champion: %s", champion.name)
+        if not run["changed"] or same_model_as_champion(workspace, champion.rev):
             reason = NOTHING_RERAN if not run["changed"] else SAME_MODEL
             logger.info(reason)
             result = {"result": NO_CHANGE, "branch": None, "reason": reason, "stages": run["stages"]}
             return outcome(result, base, metrics=test_metrics(workspace))
 
         try:
-            decision, test_split = judge_challenger(workspace, base, log=logger.info)  # re-scores the champion on new data
+            # re-scores the champion on new data
+            decision, test_split = judge_challenger(workspace, base, log=logger.info, champion=champion)
         except GateError as error:
             raise RetrainError(f"nothing promoted: {error}") from None
         for item in decision.resolution:
             if not item.resolved:
                 logger.warning("the gate cannot resolve its margin: %s", item.describe())
         if not decision.promote:
-            create_markdown_artifact(key="retrain-comparison", markdown=decision_report(decision, base, None),
+            create_markdown_artifact(key="retrain-comparison", markdown=decision_report(decision, champion.name, None),
                                      description="retrained model against the champion: not promoted")
-            logger.info("against the champion at %s, %s", base, decision.reason)  # the reason says "not promoted"
-            result = {"result": NOT_PROMOTED, "branch": None, "reason": decision.reason, "stages": run["stages"]}
+            logger.info("against the champion at %s, %s", champion.name, decision.reason)  # the reason says "not promoted"
+            result = {"result": NOT_PROMOTED, "branch": None, "reason": decision.reason, "stages": run["stages"],
+                      "champion_version": champion.version}
             return outcome(result, base, decision)
 
         write_record(workspace, decision, test_split)
-        branch = promote(workspace, local_repo is None, has_dvc_remote(workspace), flow_run.get_id())
-        report = decision_report(decision, base, branch)
+        judged = f"Champion: {champion.name}\n{VERDICT_PREFIX}{headline(decision.judgement)}\n\n{decision.reason}"
+        branch = promote(workspace, local_repo is None, has_dvc_remote(workspace), flow_run.get_id(), judged)
+        report = decision_report(decision, champion.name, branch)
         pull_request = open_pull_request(workspace, repo, local_repo, base, branch, decision, report)
         create_markdown_artifact(key="retrain-comparison", markdown=f"{report}\n{pull_request.line}\n",
                                  description=f"retrained model against the champion: promoted on {branch}")
-        logger.info("against the champion at %s, %s; on %s", base, decision.reason, branch)
+        logger.info("against the champion at %s, %s; on %s", champion.name, decision.reason, branch)
         result = {"result": PROMOTED, "branch": branch, "reason": decision.reason, "stages": run["stages"],
-                  "pull_request": pull_request.url, "pull_request_note": pull_request.line}
+                  "pull_request": pull_request.url, "pull_request_note": pull_request.line,
+                  "champion_version": champion.version}
         return outcome(result, base, decision)
     finally:
         close_workspace(workspace, local_repo)

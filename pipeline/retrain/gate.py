@@ -1,9 +1,11 @@
 """The retrain gate's inputs and record: what `classifier.compare.gate` judges, read from git.
 
-The champion is what BASE committed: its per-example results and test-split fingerprint
-(git-tracked outputs of evaluate), its `compare` policy (params.yaml at BASE: a retrain cannot
-loosen the rule it is judged by) and the record `metrics/best.json`, the best test accuracy
-ever promoted on that test split. The challenger is the workspace after its run. Anything
+The champion is the registry's (pipeline.registry): the commit of the version GTO shows in
+`classifier#prod`, or BASE's where nothing is registered yet; so `gto assign ... --stage prod` rolls
+back, and the next retrain must beat the model rolled back to. At the champion's commit: its per-example
+results and test-split fingerprint (git-tracked outputs of evaluate), and the record `metrics/best.json`,
+the best test accuracy promoted on that test split up to it. The `compare` policy is BASE's params.yaml
+(a retrain cannot loosen the rule it is judged by, nor a rollback bring back an older one). The challenger is the workspace after its run. Anything
 missing or unreadable stops the gate with the reason: nothing is promoted on a guess.
 
 When the data changed (new images: another test split), the champion's committed results
@@ -23,11 +25,13 @@ import subprocess
 import sys
 import tempfile
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 from classifier.compare import MEANING, GateDecision, Results, gate, headline, read_predictions
 from classifier.files import file_digest
 from pipeline.project import MODEL_CARD_PATH, MODEL_PATH, PARAMS_PATH, PREPARED_PATH, lookup
+from pipeline.registry import ARTIFACT, STAGE, RegistryError, champion as registered_champion
 from pipeline.results import ResultsError, Snapshot, compare_policy, git_reader, read_snapshot, workspace_reader
 from pipeline.run.stages import cached_file, dvc_cache_dir, lock_md5, stage_env
 
@@ -76,24 +80,47 @@ def _nothing(message: str) -> None:
     pass
 
 
-def judge_challenger(workspace: Path, base: str, log: Callable[[str], None] = _nothing) -> tuple[GateDecision, str]:
-    """The gate's decision on the workspace's new model against the champion committed at `base`,
-    and the fingerprint of the test split it was made on.
+@dataclass(frozen=True)
+class Champion:
+    rev: str  # where its model and results are committed: the prod version's commit, or BASE
+    name: str  # in messages, after "the champion at": `main`, or `classifier@v0.2.0 (classifier#prod, commit 1a2b3c4)`
+    version: str | None = None  # GTO's version ("v0.2.0"); None before the first registration
+
+
+def champion_of(workspace: Path, base: str) -> Champion:
+    """The model in prod (`gto show classifier#prod`), or BASE's committed one while none is registered."""
+    try:
+        found = registered_champion(workspace)
+    except RegistryError as error:
+        raise GateError(f"the model registry cannot be read: {error}") from None
+    if found is None:
+        return Champion(base, base)
+    return Champion(found.commit, f"{found.tag} ({ARTIFACT}#{STAGE}, commit {found.commit[:7]})", found.version)
+
+
+def judge_challenger(workspace: Path, base: str, log: Callable[[str], None] = _nothing,
+                     champion: Champion | None = None) -> tuple[GateDecision, str]:
+    """The gate's decision on the workspace's new model against the champion (champion_of: the registry's
+    prod version, else BASE's model), under BASE's policy, and the fingerprint of the test split it was made on.
 
     On another test split (the data changed), the champion's model is re-scored on the new one first.
     """
-    at_base = git_reader(workspace, base)
-    champion_snapshot = snapshot_of(at_base, f"at {base}")
-    champion = results_of(champion_snapshot, f"at {base}")
+    champion = champion or champion_of(workspace, base)
+    at_champion = git_reader(workspace, champion.rev)
+    champion_snapshot = snapshot_of(at_champion, f"at {champion.name}")
+    results = results_of(champion_snapshot, f"at {champion.name}")
     challenger_snapshot = snapshot_of(workspace_reader(workspace), "in the workspace")
     challenger = results_of(challenger_snapshot, "in the retrained workspace")
-    policy, problem = compare_policy(champion_snapshot.params, f"at {base}")
+    base_params = champion_snapshot.params if champion.rev == base else snapshot_of(git_reader(workspace, base),
+                                                                                     f"at {base}").params
+    policy, problem = compare_policy(base_params, f"at {base}")
     if policy is None:
         raise GateError(problem or f"no `compare` policy in {PARAMS_PATH} at {base}")
-    if champion.fingerprint != challenger.fingerprint:
-        champion = rescore_champion(workspace, base, champion_snapshot, challenger_snapshot, log)
+    if results.fingerprint != challenger.fingerprint:
+        results = rescore_champion(workspace, champion, champion_snapshot, challenger_snapshot, log)
     try:
-        decision = gate(champion.predictions, challenger.predictions, policy, best_accuracy(at_base, champion.fingerprint))
+        decision = gate(results.predictions, challenger.predictions, policy,
+                        best_accuracy(at_champion, results.fingerprint))
     except ValueError as error:  # the tables do not pair, example by example
         raise GateError(str(error)) from None
     return decision, challenger.fingerprint
@@ -105,10 +132,11 @@ def split_params(lock: dict | None) -> dict | None:
     return None if recorded is None else {name: lookup(recorded, name) for name in SPLIT_PARAMS}
 
 
-def rescore_champion(workspace: Path, base: str, champion: Snapshot, challenger: Snapshot,
+def rescore_champion(workspace: Path, at: Champion, champion: Snapshot, challenger: Snapshot,
                      log: Callable[[str], None] = _nothing) -> Results:
     """The champion's per-example results on the workspace's (new) test split, or GateError saying
     why the two cannot be compared."""
+    base, rev = at.name, at.rev  # the champion's name in messages; the commit its model is read at
     old, new = champion.evaluation or {}, challenger.evaluation or {}
     prefix = (f"not comparable: the champion at {base} was scored on test split {old.get('test_fingerprint')}, "
               f"the new model on {new.get('test_fingerprint')}")
@@ -131,7 +159,7 @@ def rescore_champion(workspace: Path, base: str, champion: Snapshot, challenger:
         f" re-scoring the champion at {base} on the new test split")
     with tempfile.TemporaryDirectory(prefix="champion-") as scratch:
         folder = Path(scratch)
-        model, card = champion_model(workspace, base, champion.lock, folder)
+        model, card = champion_model(workspace, rev, champion.lock, folder)
         outputs = [folder / name for name in EVALUATE_OUTPUTS]
         result = subprocess.run([sys.executable, "-m", "classifier.evaluate", PREPARED_PATH, str(model), str(card),
                                  *map(str, outputs)], cwd=workspace, env=stage_env(), capture_output=True, text=True)
@@ -178,10 +206,12 @@ def write_record(workspace: Path, decision: GateDecision, fingerprint: str) -> N
 
 
 def decision_report(decision: GateDecision, base: str, branch: str | None) -> str:
-    """The `retrain-comparison` artifact: the verdict in the pull-request report's words, then the gate's checks."""
+    """The `retrain-comparison` artifact: the verdict in the pull-request report's words, then the gate's checks.
+    `base` names the champion (Champion.name)."""
     judgement = decision.judgement
     level = f"{judgement.confidence:.0%}"
-    lines = [f"# Retrain against the champion at `{base}`", "",
+    name = f"`{base}`" if " " not in base else f"`{base.split(' ', 1)[0]}` {base.split(' ', 1)[1]}"
+    lines = [f"# Retrain against the champion at {name}", "",
              f"**Verdict: {headline(judgement)}.** {MEANING[judgement.verdict]}", "",
              f"| metric | champion | new | change | {level} interval | verdict | its lower end, as a gain | non-inferior |",
              "|---|---|---|---|---|---|---|---|"]

@@ -10,7 +10,7 @@ from tests.conftest import PROJECT_ROOT
 
 PIPELINE = PROJECT_ROOT / "pipeline"
 # Lowest first: a room may import only from rooms before it here.
-ROOMS = ["project", "device", "server", "run", "results", "committed", "forge", "report", "retrain", "sweep",
+ROOMS = ["project", "device", "server", "run", "results", "committed", "registry", "forge", "report", "retrain", "sweep",
          "__main__"]
 # Side by side, not stacked: none of these imports another.
 SIBLINGS = {"report", "retrain", "sweep"}
