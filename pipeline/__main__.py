@@ -208,6 +208,8 @@ def run_command(args: argparse.Namespace, project: Path) -> int:
     print(result["result"] + (f": {result['branch']}" if result["branch"] else ""))
     if result["reason"] != result["result"]:
         print(result["reason"])
+    if result.get("champion_version"):  # judged against the registry's version in prod (docs/retraining.md)
+        print(f"the champion judged against: classifier {result['champion_version']} (classifier#prod)")
     if result.get("pull_request_note"):  # a promotion: its pull request, or how to open one
         print(result["pull_request_note"])
     return 0

@@ -98,6 +98,16 @@ def latest(repo: Path) -> Version | None:
     return _version(repo, f"{ARTIFACT}@latest")
 
 
+def champion_note(repo: Path) -> list[str]:
+    """For the pull-request report: one line naming the version in prod, when one is registered; never raises."""
+    try:
+        found = champion(repo)
+    except (RegistryError, OSError):
+        return []
+    return [f"The registry's champion ({ARTIFACT}#{STAGE}, what a retrain is judged against): {found.describe()}."
+            ] if found else []
+
+
 # ---------------------------------------------------------------- what a version's tag says (pure)
 
 

@@ -27,6 +27,7 @@ from pipeline.report.changes import (
     stage_changes, stage_order, uncommitted,
 )
 from pipeline.report.render import ClassMove, Figure, Report
+from pipeline.registry import champion_note
 from pipeline.results import ResultsError, Snapshot, compare_policy, git_reader, read_snapshot, workspace_reader
 from pipeline.run.stages import dvc_cache_dir
 
@@ -134,6 +135,7 @@ def build_report(repo: Path, base_name: str, out_dir: Path, head_check: list[str
         raise ReportError(f"{METRICS_PATH}, {EVALUATION_PATH} and {PREDICTIONS_PATH} must all be in the workspace: "
                           "run the pipeline first (`dvc repro` or `make run`)")
     notes: list[str] = []
+    notes += champion_note(repo)  # the version in classifier#prod (issue 42), when the registry has one
     base_sha = resolve(repo, base_name)
     base = None
     base_where = f"at {base_name} ({base_sha[:10]})" if base_sha else f"`{base_name}`"

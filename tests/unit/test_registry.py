@@ -14,7 +14,7 @@ import pytest
 import yaml
 
 from pipeline import registry
-from pipeline.registry import ARTIFACT, RegistryError, champion, latest, register
+from pipeline.registry import ARTIFACT, RegistryError, champion, champion_note, latest, register
 from tests.conftest import git, run
 
 GTO = str(Path(sys.executable).parent / "gto")
@@ -66,6 +66,8 @@ def test_register_names_each_new_model_once_and_the_champion_follows_gto(repo):
     assert "models/model.pth md5 aaa111" in message and "data/snapshot.csv md5 snap0" in message
     assert "sha256:abc (1051 images)" in message and "params: the first registered version" in message
     assert champion(repo).version == "v0.1.0" and champion(repo).commit == first
+    assert champion_note(repo) == [f"The registry's champion ({ARTIFACT}#prod, what a retrain is judged against): "
+                                   f"{ARTIFACT} v0.1.0 ({ARTIFACT}@v0.1.0, commit {first[:7]})."]
 
     # Idempotent: the same model again (a docs-only merge) makes no version.
     commit(repo, "aaa111", "docs only")
@@ -100,7 +102,7 @@ def test_a_version_registered_without_its_stage_gets_it_on_the_next_run(repo):
 
 def test_no_champion_before_the_first_registration_and_no_model_is_an_error(repo):
     commit(repo, "aaa111", "first")
-    assert champion(repo) is None and latest(repo) is None
+    assert champion(repo) is None and latest(repo) is None and champion_note(repo) == []
     (repo / "dvc.lock").write_text(yaml.safe_dump({"schema": "2.0", "stages": {}}))
     git(repo, "commit", "-qam", "no model")
     with pytest.raises(RegistryError, match="records no models/model.pth"):
