@@ -49,11 +49,19 @@ class Section(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
 
 
+# dvc.yaml interpolates data.folder into a double-quoted shell command (`--folder "${data.folder}"`):
+# inside double quotes a shell still expands `$`, backticks and `\`, and `"` ends the quoting. So none of
+# them may be in the value, and the validate stage, first in the graph, stops `dvc repro`, `dvc exp run -S`
+# and every sweep point before the snapshot stage's command is run (tests/pipeline/test_shell_params.py).
+SHELL_CHARACTERS = ("$", "`", "\\", '"', "\n", "\r")
+
+
 def _check_folder(location: str) -> str:
     if not location.strip() or location != location.strip():
         raise ValueError("must be a folder path or a URL, without surrounding spaces")
-    if "${" in location or any(char in location for char in '"\n\r'):
-        raise ValueError("must be a plain path or URL (it is templated into dvc.yaml)")
+    if found := [char for char in SHELL_CHARACTERS if char in location]:
+        raise ValueError(f"must not hold {' '.join(repr(char) for char in found)}: a shell would read them "
+                         "(it is templated into a command in dvc.yaml); rename the folder")
     return location
 
 
@@ -103,9 +111,11 @@ class SaveParams(Section):
 class MinEffect(Section):
     """The smallest change in each test metric that matters; a smaller one is never called a change."""
 
-    accuracy: float = Field(ge=0, le=1)
-    macro_f1: float = Field(ge=0, le=1)
-    loss: float = Field(ge=0, le=100)
+    # Above 0: a change "matters" relative to min_effect, and the verdict's words and the gate's margin
+    # divide by it; 0 would call every measurable change one that matters (and crashed both).
+    accuracy: float = Field(gt=0, le=1)
+    macro_f1: float = Field(gt=0, le=1)
+    loss: float = Field(gt=0, le=100)
 
 
 class CompareParams(Section):

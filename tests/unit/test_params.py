@@ -38,6 +38,13 @@ def test_committed_params_are_valid(default_params):
         ("model.hidden_sizes", 512, "valid list"),
         ("save.min_accuracy", 1.5, "less than or equal to 1"),
         ("seed", -1, "greater than or equal to 0"),
+        # 0 would call every measurable change one that matters, and the report and gate divide by it (issue 38)
+        ("compare.min_effect.accuracy", 0, "greater than 0"),
+        ("compare.min_effect.loss", 0.0, "greater than 0"),
+        # templated into a double-quoted shell command in dvc.yaml (issue 38.6)
+        ("data.folder", "images$(touch pwned)", "must not hold '$'"),
+        ("data.folder", "images`id`", "must not hold '`'"),
+        ("data.folder", "images\\x", "must not hold '\\\\'"),
     ],
 )
 def test_bad_value_names_file_key_value_and_rule(default_params, key, value, rule):
