@@ -256,8 +256,9 @@ def fetch(repo: Path, out: Path, version: str | None = None) -> Version:
     (`dvc get` at the same tag), so `python -m classifier.predict OUT/model.pth image.png` runs with it."""
     chosen = _version(repo, f"{ARTIFACT}@{version}") if version else champion(repo)
     if chosen is None:
-        raise RegistryError(f"no {ARTIFACT} {version or STAGE} in the registry (gto show): nothing to fetch; "
-                            "make register registers main's model")
+        wanted = f"{ARTIFACT}@{version}" if version else f"{ARTIFACT}#{STAGE}"
+        raise RegistryError(f"no {wanted} in the registry (gto show): nothing to fetch; make register registers "
+                            "main's model")
     out.mkdir(parents=True, exist_ok=True)
     dvc = [sys.executable, "-m", "dvc"]
     for args in ([*dvc, "artifacts", "get", ".", ARTIFACT, "--rev", chosen.version, "-o", str(out / "model.pth"), "-f"],
