@@ -118,3 +118,14 @@ def test_register_pushes_its_tags_to_origin(repo, tmp_path, capsys):
     assert set(git(origin, "tag", "--list").split()) == {f"{ARTIFACT}@v0.1.0", f"{ARTIFACT}#prod#1"}
     assert registry.main(["--repo", str(repo), "register", "--push"]) == 0
     assert "no new version" in capsys.readouterr().out
+
+
+def test_the_register_workflow_runs_on_main_only_and_may_write_tags_only():
+    workflow = yaml.safe_load((Path(__file__).resolve().parents[2] / ".github/workflows/register.yml").read_text())
+    assert workflow[True] == {"push": {"branches": ["main"]}}  # PyYAML reads the bare key `on` as True
+    assert workflow["permissions"] == {} and workflow["concurrency"]["cancel-in-progress"] is False
+    [job] = workflow["jobs"].values()
+    assert job["permissions"] == {"contents": "write"}
+    steps = job["steps"]
+    assert all(len(step["uses"].split("@")[1]) == 40 for step in steps if "uses" in step)  # pinned to a commit
+    assert any("python -m pipeline.registry register --rev HEAD --push" in step.get("run", "") for step in steps)
