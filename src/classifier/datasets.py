@@ -28,6 +28,10 @@ class DatasetSpec:
     remote_files: tuple[RemoteFile, ...] | None
     # "bundled" (mnist-5k), "idx" (the TorchVision sets) or "folder" (ImageFolder: classes from the tree)
     kind: str = "idx"
+    # Base URLs tried in order for remote_files. Here beside the checksums, not in params.yaml: the
+    # pinned MD5s decide the bytes, so where they are fetched from is not a param (no stage's result
+    # depends on it, and `dvc exp show` stays narrow). Override: CLASSIFIER_MIRRORS (classifier.download).
+    mirrors: tuple[str, ...] = ()
 
 
 def _idx_files(*md5s: str) -> tuple[RemoteFile, ...]:
@@ -69,6 +73,7 @@ DATASETS: dict[str, DatasetSpec] = {
             "9fb629c4189551a2d022fa330f9573f3",
             "ec29112dd5afa0611ce80d1b7f02629c",
         ),
+        mirrors=("https://ossci-datasets.s3.amazonaws.com/mnist/",),
     ),
     "fashion-mnist": DatasetSpec(
         "fashion-mnist",
@@ -80,6 +85,7 @@ DATASETS: dict[str, DatasetSpec] = {
             "bef4ecab320f06d8554ea6380940ec79",
             "bb300cfdad3c16e7a12a480ee83cd310",
         ),
+        mirrors=("https://raw.githubusercontent.com/zalandoresearch/fashion-mnist/master/data/fashion/",),
     ),
     "kmnist": DatasetSpec(
         "kmnist",
@@ -90,5 +96,6 @@ DATASETS: dict[str, DatasetSpec] = {
             "5c965bf0a639b31b8f53240b1b52f4d7",
             "7320c461ea6c1c855c0b718fb2a4b134",
         ),
+        mirrors=("https://codh.rois.ac.jp/kmnist/dataset/kmnist/",),
     ),
 }

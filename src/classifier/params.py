@@ -8,14 +8,12 @@ from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
 import yaml
-from pydantic import (AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator,
-                      model_validator)
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from classifier.cli import UserError
 from classifier.datasets import DATASETS
 
 DatasetName = Literal[tuple(DATASETS)]  # type: ignore[valid-type]
-RemoteDatasetName = Literal[tuple(name for name, spec in DATASETS.items() if spec.remote_files)]  # type: ignore[valid-type]
 
 
 class ParamsError(UserError):
@@ -31,7 +29,8 @@ def _is_loopback(host: str) -> bool:
         return False
 
 
-def _check_mirror(url: str) -> str:
+def check_mirror(url: str) -> str:
+    """A mirror's base URL with a trailing slash, or ValueError naming the rule (classifier.download)."""
     parts = urlsplit(url)
     # Plain http is allowed on loopback only, so tests and local mirrors need no certificate.
     if parts.scheme == "https" or (parts.scheme == "http" and _is_loopback(parts.hostname or "")):
@@ -39,9 +38,6 @@ def _check_mirror(url: str) -> str:
             raise ValueError("must be an https:// URL with a host")
         return url if url.endswith("/") else url + "/"
     raise ValueError("must be an https:// URL (http:// only on 127.0.0.1 or localhost)")
-
-
-MirrorUrl = Annotated[str, AfterValidator(_check_mirror)]
 
 
 class Section(BaseModel):
@@ -78,16 +74,6 @@ class DataParams(Section):
     image_size: int = Field(default=28, ge=4, le=1024)
     val_fraction: float = Field(gt=0, lt=0.5)
     test_fraction: float = Field(gt=0, lt=0.5)
-    mirrors: dict[RemoteDatasetName, Annotated[list[MirrorUrl], Field(min_length=1)]]
-
-    @model_validator(mode="after")
-    def _mirrors_for_remote_dataset(self) -> DataParams:
-        if DATASETS[self.dataset].remote_files and self.dataset not in self.mirrors:
-            raise ValueError(f"data.mirrors has no entry for data.dataset {self.dataset!r}")
-        return self
-
-    def mirrors_for_dataset(self) -> list[str]:
-        return list(self.mirrors.get(self.dataset, []))
 
 
 class ModelParams(Section):
@@ -152,6 +138,13 @@ class Params(Section):
     compare: CompareParams
 
 
+# Keys that left params.yaml, with where they went: an older params.yaml names them.
+MOVED_OUT = {
+    "data.mirrors": " (the mirrors moved out of params.yaml into classifier/datasets.py, beside their checksums; "
+                    "delete the key, and set CLASSIFIER_MIRRORS to use other mirrors)",
+}
+
+
 def _describe(error: dict, fields: dict) -> str:
     key = ".".join(str(part) for part in error["loc"]) or "(top level)"
     kind = error["type"]
@@ -161,7 +154,7 @@ def _describe(error: dict, fields: dict) -> str:
         parent = error["loc"][:-1]
         allowed = fields.get(parent)
         hint = f" (allowed: {', '.join(allowed)})" if allowed else ""
-        return f"{key}: unknown key{hint}"
+        return f"{key}: unknown key{MOVED_OUT.get(key, hint)}"
     rule = error["msg"].removeprefix("Value error, ").replace("Input should be", "must be")
     return f"{key} = {error['input']!r}: {rule}"
 

@@ -5,8 +5,8 @@ import sys
 import pytest
 import yaml
 
-from classifier.datasets import BUNDLED_MNIST_5K, RemoteFile
-from classifier.download import DownloadError, copy_bundled, download_file
+from classifier.datasets import BUNDLED_MNIST_5K, DATASETS, RemoteFile
+from classifier.download import MIRRORS_ENV, DownloadError, copy_bundled, download_file, mirrors_for
 from classifier.files import file_digest
 from classifier.prepare import read_idx
 from tests.conftest import PROJECT_ROOT, idx_bytes, subprocess_env, tiny_images
@@ -74,19 +74,35 @@ def test_truncated_file_is_retried_and_never_left_behind(tmp_path, idx_file):
 
 @pytest.mark.slow  # starts a subprocess or a loopback server
 def test_download_stage_end_to_end_against_a_loopback_mirror(tmp_path):
-    """The real stage command with mirrors from params: files served, but not the real MNIST,
-    so the pinned checksums reject them; the error names the URL and the raw folder stays empty."""
+    """The real stage command with its mirror from CLASSIFIER_MIRRORS: files served, but not the real
+    MNIST, so the pinned checksums reject them; the error names the URL and the raw folder stays empty."""
     params = yaml.safe_load((PROJECT_ROOT / "params.yaml").read_text())
     images, labels = tiny_images(10)
     files = {"train-images-idx3-ubyte.gz": idx_bytes(images), "train-labels-idx1-ubyte.gz": idx_bytes(labels)}
     with Mirror(MirrorScript(files=files)) as mirror:
         params["data"]["dataset"] = "mnist"
-        params["data"]["mirrors"]["mnist"] = [mirror.url]
         (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
         result = subprocess.run([sys.executable, "-m", "classifier.download", "data/raw"], cwd=tmp_path,
-                                env=subprocess_env(), capture_output=True, text=True, timeout=60)
+                                env={**subprocess_env(), MIRRORS_ENV: mirror.url.rstrip("/")},
+                                capture_output=True, text=True, timeout=60)
     assert result.returncode == 2
     assert f"{mirror.url}train-images-idx3-ubyte.gz: md5" in result.stderr
     assert "expected f68b3c2dcbeaaa9fbdd348bbdeb94873" in result.stderr
     assert "Traceback" not in result.stderr
     assert list((tmp_path / "data" / "raw").iterdir()) == []
+
+
+def test_each_remote_set_has_its_own_https_mirror_and_the_override_replaces_them():
+    for spec in DATASETS.values():
+        if spec.remote_files:
+            assert spec.mirrors and all(url.startswith("https://") and url.endswith("/") for url in spec.mirrors)
+            assert mirrors_for(spec, None) == list(spec.mirrors) == mirrors_for(spec, "  ")
+    mnist = DATASETS["mnist"]
+    assert mirrors_for(mnist, "http://127.0.0.1:8000/m https://example.com/mnist/") == [
+        "http://127.0.0.1:8000/m/", "https://example.com/mnist/"]
+
+
+@pytest.mark.parametrize("url", ["http://example.com/mnist/", "ftp://127.0.0.1/", "file:///tmp/x/"])
+def test_an_override_mirror_must_be_https_except_on_loopback(url):
+    with pytest.raises(DownloadError, match=rf"CLASSIFIER_MIRRORS = .*{url!r} must be an https:// URL"):
+        mirrors_for(DATASETS["mnist"], f"https://example.com/ {url}")
