@@ -1,10 +1,13 @@
 """Stage `evaluate`: score the trained model on the test split, example by example.
 
     python -m classifier.evaluate data/prepared models/candidate.pth models/candidate.json \
-        metrics/metrics.json metrics/evaluation.json metrics/predictions.csv metrics/per_class.csv
+        models/candidate-metrics.json models/candidate-evaluation.json \
+        models/candidate-predictions.csv models/candidate-per_class.csv
 
-All four files are git-tracked, so a revision carries its own results and a later one can be
-judged against it with no model and no rerun (classifier.compare, pipeline.report):
+The candidate's results, cached by DVC beside it; the save stage publishes them to metrics/ with
+the model (git-tracked, so a revision carries its published model's results and a later one can be
+judged against it with no model and no rerun: classifier.compare, pipeline.report), and leaves
+metrics/ as it was when it refuses the candidate:
 
 - metrics.json: numbers only (sample counts; test loss, accuracy, macro F1), for `dvc metrics`.
 - evaluation.json: what was evaluated: dataset, class names, test count, and the test split's

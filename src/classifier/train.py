@@ -1,11 +1,11 @@
 """Stage `train`: fit the MLP on the prepared train split, validating after every epoch.
 
     python -m classifier.train data/prepared models/candidate.pth models/candidate.json \
-        metrics/history.csv --resume-dir .cache/train-resume
+        models/candidate-history.csv --resume-dir .cache/train-resume
 
 Deterministic on a given machine (same CPU, thread count and torch build): weights from
 `seed`, shuffle order from a generator seeded with `seed + epoch`. Writes the per-epoch
-history that `dvc plots` draws, and the candidate model: its state_dict serialised exactly
+history (save publishes it as metrics/history.csv, which `dvc plots` draws), and the candidate model: its state_dict serialised exactly
 as save will publish it, and a JSON of the facts its model card needs, so that evaluate and
 save read small files and save never imports torch. The device is `train.device`.
 

@@ -6,7 +6,7 @@ import re
 import pytest
 
 from classifier.files import file_digest
-from tests.conftest import ALWAYS_RUNS, assert_up_to_date, dvc, write_params
+from tests.conftest import ALWAYS_RUNS, assert_up_to_date, commit_all, dvc, git, write_params
 
 pytestmark = pytest.mark.slow
 
@@ -19,6 +19,9 @@ OUTPUTS = [
     "data/prepared/meta.json",
     "models/candidate.pth",
     "models/candidate.json",
+    "models/candidate-history.csv",
+    "models/candidate-metrics.json",
+    "models/candidate-predictions.csv",
     "models/model.pth",
     "models/model.json",
     "metrics/metrics.json",
@@ -97,14 +100,66 @@ def test_bad_params_stop_the_run_before_any_output_is_touched(reproduced_project
     assert output_hashes(project) == before
 
 
-def test_a_model_below_the_bar_fails_save_and_keeps_the_published_model(reproduced_project):
+def published_files(project) -> dict[str, str]:
+    """The published model, its card and its git-tracked results: what a refused candidate must not touch."""
+    return {relative: digest for relative, digest in output_hashes(project).items()
+            if relative.startswith(("models/model.", "metrics/"))}
+
+
+def test_a_refused_candidate_leaves_the_published_model_and_its_metrics_and_says_what_to_do(reproduced_project):
+    """Issue 40.4: after a refusal metrics/ still describes models/model.pth (the candidate's results stay in
+    DVC's cache, models/candidate-*), the error names the two ways on, and `dvc repro` reruns save alone."""
     project = reproduced_project
-    published = file_digest(project / "models/model.pth")
+    published = published_files(project)
     write_params(project, **{"save.min_accuracy": 0.999, "train.epochs": 2})
     result = dvc(project, "repro", check=False)
     assert result.returncode != 0
-    assert re.search(r"test accuracy 0\.\d{4} is below save.min_accuracy 0.9990", result.stderr)
-    assert file_digest(project / "models/model.pth") == published
+    assert re.search(r"test accuracy 0\.\d{4} is below save.min_accuracy 0.9990: the candidate was not published",
+                     result.stderr)
+    assert "raise train.epochs or lower save.min_accuracy, e.g. dvc exp run -S train.epochs=4" in result.stderr
+    assert re.search(r"or dvc exp run -S save.min_accuracy=0\.\d+\b", result.stderr)
+    assert published_files(project) == published
+    assert git(project, "status", "--porcelain", "--", "metrics").strip() == ""
+    candidate = json.loads((project / "models/candidate-metrics.json").read_text())
+    assert candidate != json.loads((project / "metrics/metrics.json").read_text())
+
+    # Honest about what is stale: the refused save alone, again and again.
+    status = json.loads(dvc(project, "status", "--json").stdout)
+    assert sorted(status) == sorted([*ALWAYS_RUNS, "save"]), status
+    again = dvc(project, "repro", check=False)
+    assert again.returncode != 0 and ran_stages(again.stdout) == [*ALWAYS_RUNS, "save"]
+
+    # The flag the error names: save alone reruns and publishes the candidate with its own results.
+    write_params(project, **{"save.min_accuracy": 0.5})
+    accepted = dvc(project, "repro")
+    assert ran_stages(accepted.stdout) == ["validate", *ALWAYS_RUNS, "save"]
+    assert json.loads((project / "metrics/metrics.json").read_text()) == candidate
+    assert json.loads((project / "models/model.json").read_text())["metrics"] == candidate["test"]
+    assert len((project / "metrics/history.csv").read_text().splitlines()) == 1 + 2
+    assert_up_to_date(project)
+
+
+def test_after_merging_a_branch_trained_here_dvc_restores_its_model_instead_of_training(reproduced_project):
+    """Issue 40.7: a promoted branch merged in the checkout whose DVC cache trained it (`make retrain`'s
+    worktree shares it). DVC restores a stage from its cache only when every out is cached; train's
+    and evaluate's are, so only save, a copy, runs. (With a `cache: false` history.csv, train retrained.)"""
+    project = reproduced_project
+    write_params(project, **{"train.epochs": 2})
+    dvc(project, "repro")
+    commit_all(project, "the promoted branch")
+    branch = output_hashes(project)
+
+    git(project, "checkout", "-q", "HEAD~1")  # the champion's commit, with its model checked out
+    dvc(project, "checkout")
+    assert output_hashes(project) != branch
+    git(project, "checkout", "-q", "main")  # the merge: git brings dvc.lock and metrics/, not the model
+    merged = dvc(project, "repro")
+    assert ran_stages(merged.stdout) == [*ALWAYS_RUNS, "save"]
+    assert "Stage 'train' is cached - skipping run" in merged.stdout
+    assert "Stage 'evaluate' is cached - skipping run" in merged.stdout
+    assert output_hashes(project) == branch
+    assert git(project, "status", "--porcelain").strip() == ""
+    assert_up_to_date(project)
 
 
 def test_metrics_and_plots_show(reproduced_project):

@@ -63,18 +63,24 @@ def test_saving_twice_gives_identical_bytes(stage_files):
     assert (stage_files / "model.pth").read_bytes() == first
 
 
-def test_a_model_below_the_bar_is_not_published_and_the_old_one_stays(stage_files):
-    run_save(stage_files)
+def test_a_model_below_the_bar_is_not_published_and_the_old_one_and_its_results_stay(stage_files):
+    publish = ["--publish", str(stage_files / "metrics.json"), str(stage_files / "published-metrics.json")]
+    run_save(stage_files, *publish)
     published = (stage_files / "model.pth").read_bytes()
     card = (stage_files / "model.json").read_text()
+    published_metrics = (stage_files / "published-metrics.json").read_text()
+    assert json.loads(published_metrics) == json.loads((stage_files / "metrics.json").read_text())
     write_candidate(stage_files, weights_seed=1)  # different weights
     metrics = json.loads((stage_files / "metrics.json").read_text())
     metrics["test"]["accuracy"] = 0.42
     (stage_files / "metrics.json").write_text(json.dumps(metrics))
-    with pytest.raises(UserError, match=r"test accuracy 0.4200 is below save.min_accuracy 0.9000"):
-        run_save(stage_files)
+    with pytest.raises(UserError, match=r"test accuracy 0.4200 is below save.min_accuracy 0.9000: the candidate was "
+                                        r"not published .* raise train.epochs or lower save.min_accuracy, e.g. dvc "
+                                        r"exp run -S train.epochs=20 or dvc exp run -S save.min_accuracy=0.42$"):
+        run_save(stage_files, *publish)
     assert (stage_files / "model.pth").read_bytes() == published
     assert (stage_files / "model.json").read_text() == card
+    assert (stage_files / "published-metrics.json").read_text() == published_metrics
 
 
 @pytest.fixture
