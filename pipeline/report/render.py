@@ -66,6 +66,10 @@ def _signed(value: float | None) -> str:
 
 
 def _value(value: object) -> str:
+    # `dvc params diff --json` hands a list or mapping over as its Python text ("[512, 512]"): shown as
+    # the list it is, not as a quoted string.
+    if isinstance(value, str) and value[:1] + value[-1:] in ("[]", "{}"):
+        return code(value)
     return "—" if value is None else code(json.dumps(value))
 
 

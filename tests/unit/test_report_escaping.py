@@ -88,3 +88,14 @@ def test_a_hostile_value_in_params_or_dvc_lock_cannot_inject_markup_into_the_rep
 def test_ordinary_values_look_as_before():
     assert code("train.epochs") == "`train.epochs`" and code("0.25") == "`0.25`"
     assert text("mnist-5k") == "mnist-5k" and text("T-shirt/top") == "T-shirt/top"
+
+
+def test_a_list_param_shows_as_a_list_not_a_quoted_string():
+    """`dvc params diff --json` gives model.hidden_sizes as the text "[512, 512]" (issue 40.5)."""
+    report = _report("x")
+    report = type(report)(**{**report.__dict__, "params": [ParamChange("params.yaml", "model.hidden_sizes",
+                                                                       "[512, 512]", "[256, 128]"),
+                                                           ParamChange("params.yaml", "train.optimizer", "adam", "sgd")]})
+    markdown = render_markdown(report, inline_images=False)
+    assert "| `model.hidden_sizes` | `[512, 512]` | `[256, 128]` |" in markdown
+    assert '| `train.optimizer` | `"adam"` | `"sgd"` |' in markdown
