@@ -14,11 +14,11 @@ LOCK_PATH = "dvc.lock"
 PREPARED_PATH = "data/prepared"  # prepare's output: the split arrays and their meta.json
 MODEL_PATH = "models/model.pth"  # save's outputs: the published model and its card
 MODEL_CARD_PATH = "models/model.json"
-METRICS_PATH = "metrics/metrics.json"  # evaluate's outputs, git-tracked
+METRICS_PATH = "metrics/metrics.json"  # the published model's results: save publishes them, git-tracked
 EVALUATION_PATH = "metrics/evaluation.json"
 PREDICTIONS_PATH = "metrics/predictions.csv"
 PER_CLASS_PATH = "metrics/per_class.csv"
-HISTORY_PATH = "metrics/history.csv"  # train's per-epoch history, git-tracked
+HISTORY_PATH = "metrics/history.csv"  # its per-epoch history (train's, published by save), git-tracked
 
 
 def flatten(prefix: str, value: object) -> dict[str, object]:
