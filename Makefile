@@ -189,7 +189,11 @@ endif
 # This project's flows send a heartbeat event every 30 s wherever they run (deployments: prefect.yaml's
 # job_variables; make run and make retrain: python -m pipeline's default), so that the
 # `crash-silent-flow-runs` automation can tell a dead run from a live one.
-worker: export PREFECT_FLOWS_HEARTBEAT_FREQUENCY ?= 30
+# make sweep's own flow too: it waits for its points for as long as they train.
+worker sweep: export PREFECT_FLOWS_HEARTBEAT_FREQUENCY ?= 30
+# CRASH_AFTER=S: make deploy sets how long a run may go without a heartbeat before it is marked Crashed (default
+# prefect.yaml's 90 s; at least 45, since heartbeats come every 30 s).
+CRASH_AFTER ?=
 
 # The worker runs with SIGINT at its default: one started from a script in the background
 # (`make worker &` in a non-interactive shell) inherits SIGINT ignored, and then Prefect's handler,
@@ -204,7 +208,7 @@ worker: $(ENV)  ## start a worker on work pool POOL=cpu|gpu (created if missing)
 deploy: $(ENV)  ## register prefect.yaml's deployments and automations (idempotent); REPO=origin for workers on other machines
 	for pool in cpu gpu; do $(BIN)/prefect work-pool inspect $$pool >/dev/null 2>&1 || $(BIN)/prefect work-pool create $$pool --type process; done
 	$(BIN)/prefect --no-prompt deploy --all
-	$(BIN)/python -m pipeline.server.automations --file prefect.yaml
+	$(BIN)/python -m pipeline.server.automations --file prefect.yaml $(if $(CRASH_AFTER),--crash-after '$(CRASH_AFTER)')
 
 # Beyond one machine (docs/scaling-out.md, "Beyond one machine"). The default DVC remote: any DVC URL (a folder every machine
 # mounts at the same path, s3://bucket/path, ssh://host/path, ...). .dvc/config is committed, so a URL

@@ -178,6 +178,20 @@ def _point_row(client, flow_run, name: str, overrides: list[str]) -> dict:
             **{override_key(o): o.split("=", 1)[1] for o in overrides}}
 
 
+def _retry(client, flow_run, name: str, logger) -> None:
+    """A point whose run crashed (its machine died: the server's crash-silent-flow-runs automation marks a run
+    Crashed once its heartbeats stop) runs once more: the same flow run, parameters and experiment name, set
+    back to AwaitingRetry as the UI's Retry button does, for the pool's next free worker to take in a fresh
+    clone. A second crash is final. The sweep does it, not an automation, so that it never reads a Crashed
+    point as finished while a retry is on its way."""
+    from prefect.states import Scheduled
+
+    reason = (flow_run.state.message or "").strip() or "no message"
+    logger.warning("%s: its run crashed (%s); retrying it once, on the pool's next free worker", name, reason)
+    client.set_flow_run_state(flow_run.id, Scheduled(name="AwaitingRetry", message=f"Crashed ({reason}); the sweep "
+                                                     "retries it once, on the next free worker"), force=True)
+
+
 def ranked(rows: list[dict]) -> list[dict]:
     """Completed points best first (highest test accuracy, then lowest loss), then the failed ones."""
     import pandas as pd
@@ -223,14 +237,20 @@ def sweep(grid: list[str], deployment: str = POINT_DEPLOYMENT, name: str | None 
 
     deadline = time.monotonic() + timeout_s
     finished: dict = {}
+    retried: set = set()
     with get_client(sync_client=True) as client:
         while len(finished) < len(submitted):
             for exp_name, point, run_id in submitted:
                 if run_id in finished:
                     continue
                 flow_run = client.read_flow_run(run_id)
+                if flow_run.state is not None and flow_run.state.type.value == "CRASHED" and run_id not in retried:
+                    _retry(client, flow_run, exp_name, logger)
+                    retried.add(run_id)
+                    continue
                 if flow_run.state is not None and flow_run.state.type.value in FINAL:
                     finished[run_id] = _point_row(client, flow_run, exp_name, point)
+                    finished[run_id]["attempts"] = 2 if run_id in retried else 1
                     logger.info("%s: %s", exp_name, finished[run_id]["status"])
             if len(finished) < len(submitted):
                 if time.monotonic() > deadline:
@@ -274,6 +294,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     os.environ.setdefault("DO_NOT_TRACK", "1")
+    # The sweep's own flow waits as long as its points train: without heartbeats (Prefect's default is every
+    # 180 s) the server's crash-silent-flow-runs automation would mark it Crashed while it waits.
+    os.environ.setdefault("PREFECT_FLOWS_HEARTBEAT_FREQUENCY", "30")
     try:
         expand_grid(args.grid)
     except SweepError as error:

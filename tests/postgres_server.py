@@ -62,6 +62,10 @@ class Postgres:
         password = self.password if password is None else password
         return f"postgresql+asyncpg://{user}:{password}@{self.host}:{self.port}/{database}"
 
+    def url_without_password(self, database: str = "prefect", user: str = "prefect") -> str:
+        """For a client that takes the password from PGPASSWORD or ~/.pgpass."""
+        return f"postgresql+asyncpg://{user}@{self.host}:{self.port}/{database}"
+
     def admin(self, *statements: str, database: str = "postgres") -> None:
         """Run SQL statements as the superuser, each on its own (CREATE DATABASE refuses a transaction)."""
         import asyncpg

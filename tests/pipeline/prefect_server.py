@@ -106,6 +106,17 @@ def prefect_server(folder: Path, auth_string: str | None = None, make_project: P
         AUTH_HEADERS.pop(api, None)
 
 
+# What a server logs with PREFECT_SERVER_LOG_RETRYABLE_ERRORS=true: each answer of 503 (an error clients retry: a
+# busy SQLite) or 500, and the SQLite lock behind most 503s (prefect/server/api/server.py).
+SERVER_ERRORS = {"503": "Encountered retryable exception in request", "500": "Encountered exception in request",
+                 "database is locked": "database is locked"}
+
+
+def server_errors(log: str) -> dict[str, int]:
+    """How many of each SERVER_ERRORS a server's log holds."""
+    return {name: log.count(text) for name, text in SERVER_ERRORS.items()}
+
+
 def api_call(api: str, method: str, path: str, **kwargs):
     # The server answers 503 while SQLite is busy; Prefect's own client retries those, so do we.
     kwargs["headers"] = {**AUTH_HEADERS.get(api, {}), **kwargs.get("headers", {})}

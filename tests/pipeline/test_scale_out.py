@@ -135,10 +135,12 @@ def sweep_run_id(output: str) -> str:
 
 @contextmanager
 def loopback_cluster(root: Path, workers=(("machine-a", "cpu"), ("machine-b", "cpu"), ("machine-a", "gpu")),
-                     epochs: int = 1):
+                     epochs: int = 1, server: dict | None = None, worker_env: dict | None = None):
     """The walkthrough in docs/scaling-out.md on loopback: a bare origin, an S3 DVC remote, a Prefect server, the
     laptop (`make remote`, `make run`, commit, `dvc push`, `git push`, `make deploy`) and a worker per
-    (machine, pool), each machine an empty folder that gets only a clone of the origin's URL."""
+    (machine, pool), each machine an empty folder that gets only a clone of the origin's URL.
+    server: prefect_server's options (`make_project=True` or a `database_url`: the laptop's `make server`);
+    worker_env: more of the workers' environment."""
     origin = root / "origin.git"
     url = origin.as_uri()
     subprocess.run(["git", "init", "-q", "--bare", "-b", "main", str(origin)], check=True)
@@ -146,7 +148,10 @@ def loopback_cluster(root: Path, workers=(("machine-a", "cpu"), ("machine-b", "c
     write_params(laptop, **{"train.epochs": epochs, "save.min_accuracy": 0.5})
     commit_all(laptop, "the project")
     git(laptop, "remote", "add", "origin", url)
-    with prefect_server(root) as (api, server_env), s3_server(root) as remote:
+    server = dict(server or {})
+    if server.get("database_url") or server.get("make_project") is True:
+        server["make_project"] = laptop  # `make server` in the laptop, as a team starts it
+    with prefect_server(root, **server) as (api, server_env), s3_server(root) as remote:
         env = with_credentials(server_env)  # every machine here holds the remote's credentials
         done = make(laptop, env, "remote", f"URL={remote.url}")
         assert done.returncode == 0, done.stdout + done.stderr
@@ -164,7 +169,7 @@ def loopback_cluster(root: Path, workers=(("machine-a", "cpu"), ("machine-b", "c
         try:
             logs, processes = {}, {}
             for machine, pool in workers:
-                process, log = start_worker(root / machine, url, env, pool)
+                process, log = start_worker(root / machine, url, {**env, **(worker_env or {})}, pool)
                 started.append(process)
                 logs[(machine, pool)], processes[(machine, pool)] = log, process
             for log in logs.values():
