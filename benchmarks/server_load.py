@@ -250,6 +250,12 @@ def main() -> int:
                   f"{result['503']} | {result['500']} | {result['database is locked']} | "
                   f"{result['latency_mean_s']:.0f} s / {result['latency_max_s']:.0f} s | {result['wall_s']:.0f} s | "
                   f"{result['rss_mb']:.0f} MB |")
+    for result in results:
+        if "retried" in result:
+            print(f"\na machine killed mid-point ({result['database']}, {result['workers']} workers, {result['points']} "
+                  f"two-epoch points): {result['points'] - result['completed']} points lost, {result['retried']} retried "
+                  f"on another worker, sweep exit {result['exit']}, {result['wall_s']:.0f} s; 503s {result['503']}, "
+                  f"500s {result['500']}")
     return 0 if all(result["completed"] == result["points"] for result in results) else 1
 
 

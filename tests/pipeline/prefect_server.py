@@ -99,6 +99,10 @@ def prefect_server(folder: Path, auth_string: str | None = None, make_project: P
                 assert process.poll() is None, (folder / "server.log").read_text()
                 return False
         wait_for(healthy, "the Prefect server", 300 if database_url else 120)  # a PostgreSQL is migrated first
+        # The first requests that reach the database take seconds on a fresh PostgreSQL (asyncpg's pool, Prefect's
+        # start-up work), longer than `python -m pipeline`'s 2 s reachability check: made here, at leisure.
+        httpx.get(f"{api}/admin/version", timeout=120, headers=AUTH_HEADERS.get(api, {}))
+        httpx.post(f"{api}/flows/filter", json={"limit": 1}, timeout=120, headers=AUTH_HEADERS.get(api, {}))
         yield api, env
     finally:
         stop(process)
