@@ -7,8 +7,9 @@ distinct 28x28 PNGs (benchmarks/prepare_folder.py's), and keeps the last 1,000 a
 clone of this project (committed HEAD; train.epochs 1) with `data.dataset: folder` and a
 directory remote, it times:
 
-- cold: `dvc repro prepare` (validate, snapshot, download, prepare: every image read and decoded),
-  and the peak resident memory of any process in that run;
+- cold: `dvc repro prepare` (validate, snapshot, download, prepare: every image read and decoded,
+  and the data checks before training, whose summary the results carry), and the peak resident
+  memory of any process in that run;
 - the rest of a cold `dvc repro` (train, evaluate, save), not a target;
 - no-op `dvc repro` and `dvc status` (median of --repeats), against a no-op `dvc repro` of the
   bundled mnist-5k in a second clone (the same machine, the same minutes);
@@ -101,6 +102,12 @@ def manifest(project: Path) -> dict[str, str]:
         return {row["sha256"]: row["split"] for row in csv.DictReader(handle)}
 
 
+def checks_summary(project: Path) -> str | None:
+    """What the data checks before training said (issue 43; None on a revision without them)."""
+    path = project / "metrics/data_checks.json"
+    return json.loads(path.read_text())["summary"] if path.is_file() else None
+
+
 def files_in(folder: Path) -> int:
     return sum(len(names) for _, _, names in os.walk(folder))
 
@@ -133,6 +140,7 @@ def main() -> None:
         wall, run = dvc(project, "repro", "prepare", peak=True)
         results["cold_download_prepare_s"] = round(wall, 2)
         results["cold_peak_mb"] = round(float(run.stderr.strip().splitlines()[-1]), 1)
+        results["data_checks_cold"] = checks_summary(project)
         results["rest_of_cold_repro_s"] = round(dvc(project, "repro")[0], 2)
         subprocess.run(["git", "add", "-A"], cwd=project, check=True)
         subprocess.run(["git", "commit", "-qm", "reproduced"], cwd=project, check=True)
@@ -150,6 +158,7 @@ def main() -> None:
         results["add_1000_s"], results["add_1000_peak_mb"] = round(wall, 2), round(
             float(run.stderr.strip().splitlines()[-1]), 1)
         after = manifest(project)
+        results["data_checks_add_1000"] = checks_summary(project)
         results["old_images_moved_split"] = sum(after.get(h) != split for h, split in before.items())
         results["samples_after_add"] = len(after)
 

@@ -19,6 +19,7 @@ EVALUATION_PATH = "metrics/evaluation.json"
 PREDICTIONS_PATH = "metrics/predictions.csv"
 PER_CLASS_PATH = "metrics/per_class.csv"
 HISTORY_PATH = "metrics/history.csv"  # its per-epoch history (train's, published by save), git-tracked
+DATA_CHECKS_PATH = "metrics/data_checks.json"  # prepare's data checks before training, git-tracked
 
 
 def flatten(prefix: str, value: object) -> dict[str, object]:

@@ -18,6 +18,7 @@ from pathlib import Path
 import pandas as pd
 
 from classifier.compare import NOT_COMPARABLE, cannot_judge, judge, pairing_problem
+from classifier.data_checks import read_report, report_note
 from pipeline.project import (
     EVALUATION_PATH, LOCK_PATH, METRICS_PATH, MODEL_PATH, PARAMS_PATH, PREDICTIONS_PATH, PREPARED_PATH,
 )
@@ -147,6 +148,8 @@ def build_report(repo: Path, base_name: str, out_dir: Path, head_check: list[str
         except ResultsError as error:
             notes.append(f"The base's results cannot be read, so nothing was judged: {error}")
     judgement, policy = judge_snapshots(base, head, base_where, notes)
+    # issue 43: the head's data checks before training, when they found anything (classifier.data_checks).
+    notes += filter(None, [report_note(read_report(repo / "metrics/data_checks.json"))])
     head_changes = uncommitted(repo, [PARAMS_PATH, LOCK_PATH, "metrics"])
     if base_sha is not None and base_sha == resolve(repo, "HEAD") and not head_changes:
         notes.append(f"The base {base_name} is the head's own commit and the workspace changes none of its "

@@ -33,9 +33,10 @@ from prefect.runtime import flow_run
 from prefect.states import Completed, State
 
 from classifier.compare import GateDecision, headline
+from classifier.data_checks import blocking_line, read_report
 
 from pipeline.device import check_device, require_device, trained_as
-from pipeline.project import LOCK_PATH, METRICS_PATH, PARAMS_PATH
+from pipeline.project import DATA_CHECKS_PATH, LOCK_PATH, METRICS_PATH, PARAMS_PATH
 from pipeline.results import git_reader, same_published_model
 from pipeline.registry import VERDICT_PREFIX
 from pipeline.retrain.gate import (
@@ -46,11 +47,15 @@ from pipeline.retrain.workspace import (
     RetrainError, check_push_access, close_workspace, dvc, git, has_dvc_remote, open_workspace, restore_outputs,
 )
 from pipeline.run.flow import train_pipeline
+from pipeline.run.stages import StageFailed
 
 # The outcome's code: the result's `result` and the event's `outcome`, short and stable for an automation to
 # match (docs/retraining.md, "Outcomes, states and events"); the sentence is the `reason`.
 PROMOTED, NOT_PROMOTED, NO_CHANGE = "promoted", "not-promoted", "no-change"
 STATE_NAMES = {PROMOTED: "Promoted", NOT_PROMOTED: "Not promoted", NO_CHANGE: "No change"}
+# The data checks before training (in prepare) stopped the run: an outcome about the data, not a crash.
+BLOCKED = "blocked"
+STATE_NAMES[BLOCKED] = "Blocked"
 NOTHING_RERAN = "no change: DVC reran and restored nothing, champion kept"
 SAME_MODEL = "no change: the retrained model is byte-identical to the champion, champion kept"
 PROMOTED_EVENT, KEPT_EVENT = "classifier.model.promoted", "classifier.model.kept"
@@ -63,6 +68,15 @@ def same_model_as_champion(workspace: Path, at: str) -> bool:
     champion = git_reader(workspace, at)(LOCK_PATH)
     return champion is not None and same_published_model(yaml.safe_load(champion),
                                                          yaml.safe_load((workspace / LOCK_PATH).read_text()))
+
+
+def blocked_by_data_checks(workspace: Path, error: BaseException) -> str | None:
+    """The reason of a run the data checks stopped: prepare failed and this run's findings
+    (metrics/data_checks.json) say blocked; None for any other failure, which stays a failure."""
+    if not (isinstance(error, StageFailed) and error.stage == "prepare"):
+        return None
+    line = blocking_line(report) if (report := read_report(workspace / DATA_CHECKS_PATH)) else None
+    return f"blocked: {line}; champion kept" if line else None
 
 
 def branch_name(workspace: Path, run_id: str | None) -> str:
@@ -161,7 +175,15 @@ def retrain(repo: str = ".", base: str = "main", device: str | None = None, work
         if local_repo is None:  # a clone pushes its branch back: know before training that it can
             check_push_access(workspace)
         restore_outputs(workspace, local_repo, logger)
-        run = train_pipeline(project_dir=str(workspace), device=device and trained_as(device), timeout_s=timeout_s)
+        try:
+            run = train_pipeline(project_dir=str(workspace), device=device and trained_as(device), timeout_s=timeout_s)
+        except StageFailed as error:
+            reason = blocked_by_data_checks(workspace, error)
+            if reason is None:
+                raise
+            logger.warning(reason)
+            result = {"result": BLOCKED, "branch": None, "reason": reason, "stages": {"prepare": "blocked"}}
+            return outcome(result, base, metrics=test_metrics(workspace))
         try:  # the registry's prod version (GTO), or base's committed model before the first registration
             champion = champion_of(workspace, base) if run["changed"] else Champion(base, base)
         except GateError as error:

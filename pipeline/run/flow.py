@@ -15,8 +15,11 @@ from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
 
+from classifier.data_checks import markdown as data_checks_markdown
+from classifier.data_checks import read_report
+
 from pipeline.device import set_device
-from pipeline.project import MODEL_CARD_PATH, MODEL_PATH, flatten
+from pipeline.project import DATA_CHECKS_PATH, MODEL_CARD_PATH, MODEL_PATH, flatten
 from pipeline.run.stages import (
     CHANGED,
     PipelineError,
@@ -73,6 +76,15 @@ def run_report(results: list[StageResult], metrics: dict | None, card: dict | No
     return "\n".join(lines) + "\n"
 
 
+def publish_data_checks(project: Path) -> None:
+    """The data checks before training (metrics/data_checks.json, written by prepare) as the run's
+    `data-checks` artifact, whether the run went on to train or the checks blocked it."""
+    report = read_report(project / DATA_CHECKS_PATH)
+    if report is not None:
+        create_markdown_artifact(key="data-checks", markdown=data_checks_markdown(report, "# Data checks"),
+                                 description=f"{DATA_CHECKS_PATH}: {report.get('summary', '')}"[:500])
+
+
 @flow(name="train-pipeline")
 def train_pipeline(project_dir: str = ".", device: str | None = None, target: str | None = None,
                    timeout_s: float = 3600.0) -> dict:
@@ -86,7 +98,10 @@ def train_pipeline(project_dir: str = ".", device: str | None = None, target: st
     if device is not None and set_device(project, device):
         logger.info("params.yaml: train.device is now %s", device)
 
-    results = dvc_repro(str(project), target, timeout_s)
+    try:
+        results = dvc_repro(str(project), target, timeout_s)
+    finally:  # a run the data checks blocked shows why, too
+        publish_data_checks(project)
 
     metrics_files = [project / path for path in metrics_paths(project)]
     metrics = read_json(metrics_files[0]) if metrics_files else None

@@ -10,7 +10,10 @@ against the MD5 TorchVision pins. The
 of the files' bytes (classifier.shards): a few DVC objects instead of one per image. The snapshot
 stage's listing is this stage's dependency, so an image added, removed or edited reruns it; the
 raw folder persists between runs and only files whose (path, size, version) the last run did not
-see are read, so a run costs what changed, not the size of the folder.
+see are read, so a run costs what changed, not the size of the folder. A local file's version is
+its sha256, so files.csv holds no machine's times. Every file read is checked against the listing
+(its size; a local file's sha256): one rewritten since the snapshot is refused, never packed under
+the listing's stale key.
 """
 
 from __future__ import annotations
@@ -191,11 +194,14 @@ def pack_folder(location: str, listing: Sequence[tuple[str, int, str]], out_dir:
     spools = [out_dir / f".spool-{shard:x}" for shard in range(SHARDS)]
     spooled: list[set[str]] = [set() for _ in range(SHARDS)]
     new_files = 0
+    local = not is_url(location)
     # New bytes wait in one spool per shard, so memory holds one shard at a time, not the folder.
     handles = [open(spool, "wb") for spool in spools]
     try:
         for path, size, version in listing:
             digest = known.get((path, str(size), version))
+            if digest is None and local and len(version) == 64 and version in held[shard_of(version)]:
+                digest = version  # a local file's version is its sha256 (classifier.snapshot): packed already
             if digest is None:
                 try:
                     data = read(path)
@@ -203,6 +209,12 @@ def pack_folder(location: str, listing: Sequence[tuple[str, int, str]], out_dir:
                     raise DownloadError(f"{location.rstrip('/')}/{path}: cannot read ({error})") from None
                 new_files += 1
                 digest = sha256_bytes(data)
+                changed = _changed_since_listed(data, digest, size, version, local)
+                if changed:
+                    # Packed under the listing's (path, size, version), these bytes would be taken for the
+                    # listed ones on every later run: refused, and the next run lists the folder anew.
+                    raise DownloadError(f"{location.rstrip('/')}/{path}: changed since the snapshot stage listed it "
+                                        f"({changed}); nothing packed: run `dvc repro` again to list it anew")
                 shard = shard_of(digest)
                 if digest not in held[shard] and digest not in spooled[shard]:
                     handles[shard].write(bytes.fromhex(digest) + len(data).to_bytes(8, "little") + data)
@@ -231,6 +243,17 @@ def pack_folder(location: str, listing: Sequence[tuple[str, int, str]], out_dir:
     log.info("%s: %d files listed, %d read, %d of %d packs rewritten",
              location, len(listing), new_files, rewritten, SHARDS)
     return [out_dir / FILES_TABLE]
+
+
+def _changed_since_listed(data: bytes, digest: str, size: int, version: str, local: bool) -> str | None:
+    """How the bytes read differ from what the listing recorded, or None: the size always, and for a
+    local folder the content hash the listing holds as its version (an object store's ETag is not
+    always a hash of the bytes, so only the size is checked there)."""
+    if len(data) != size:
+        return f"listed {size} bytes, read {len(data)}"
+    if local and digest != version:
+        return f"listed sha256 {version[:12]}, read {digest[:12]}"
+    return None
 
 
 def _read_spool(spool: Path, wanted: set[str]) -> dict[str, bytes]:

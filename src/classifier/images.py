@@ -16,6 +16,18 @@ from PIL import Image, UnidentifiedImageError
 from classifier.cli import UserError
 from classifier.files import sha256_bytes
 
+# What is wrong with a file that does not decode, for the data checks (classifier.data_checks).
+NOT_AN_IMAGE, TRUNCATED, UNDECODABLE = "not an image", "truncated", "does not decode"
+
+
+class DecodeError(UserError):
+    """A file that is not a readable image; `kind` says how (NOT_AN_IMAGE, TRUNCATED or UNDECODABLE)."""
+
+    def __init__(self, message: str, kind: str):
+        super().__init__(message)
+        self.kind = kind
+
+
 def to_model_input(image: Image.Image, size: int) -> np.ndarray:
     """A decoded image as the model sees it: grayscale uint8, size x size."""
     gray = image.convert("L")
@@ -39,9 +51,11 @@ def decode(data: bytes | Path, size: int, source: Path | str) -> np.ndarray:
             image.load()  # a truncated file fails here, not later
             return to_model_input(image, size)
     except UnidentifiedImageError:
-        raise UserError(f"{source}: not an image file, or a corrupt one (PIL cannot identify it)") from None
+        raise DecodeError(f"{source}: not an image file, or a corrupt one (PIL cannot identify it)",
+                          NOT_AN_IMAGE) from None
     except (OSError, SyntaxError, ValueError) as error:  # PIL reports truncated and bad data as these
-        raise UserError(f"{source}: cannot decode the image ({error})") from None
+        kind = TRUNCATED if "truncated" in str(error) or "broken data stream" in str(error) else UNDECODABLE
+        raise DecodeError(f"{source}: cannot decode the image ({error})", kind) from None
 
 
 def pixel_hashes(images: np.ndarray) -> list[str]:

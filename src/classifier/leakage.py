@@ -8,7 +8,7 @@ score can catch it; only an overlap of content hashes can.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 import pandas as pd
@@ -16,6 +16,7 @@ import pandas as pd
 from classifier.cli import UserError
 
 TRAINING_SPLITS = ("train", "val")
+SPLIT_ORDER = ("train", "val", "test")
 
 
 def split_hashes(manifest_path: Path) -> dict[str, frozenset[str]]:
@@ -39,3 +40,15 @@ def leaked_between(test_manifest: Path, training_manifest: Path) -> list[str]:
     test = split_hashes(test_manifest).get("test", frozenset())
     training = split_hashes(training_manifest)
     return leaked(test, frozenset().union(*(training.get(name, frozenset()) for name in TRAINING_SPLITS)))
+
+
+def leaked_across(hashes_by_split: Mapping[str, Iterable[str]]) -> dict[str, list[str]]:
+    """Within one data set, each later split's hashes that an earlier one also holds (the same rule):
+    {"val": val's hashes also in train, "test": test's also in train or val}."""
+    found, seen = {}, frozenset()
+    for name in SPLIT_ORDER:
+        held = frozenset(hashes_by_split.get(name, ()))
+        if name != SPLIT_ORDER[0]:
+            found[name] = leaked(held, seen)
+        seen |= held
+    return found

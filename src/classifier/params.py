@@ -129,6 +129,23 @@ class CompareParams(Section):
         return metrics
 
 
+Policy = Literal["block", "warn", "off"]
+
+
+class ChecksParams(Section):
+    """What the data checks before training do about each finding (classifier.data_checks): `block`
+    stops prepare, so nothing trains and a retrain ends `blocked`; `warn` reports; `off` skips."""
+
+    leakage: Policy = "block"             # one image (content hash, or decoded pixels) in two splits
+    broken: Policy = "block"              # files that do not decode, are truncated, or are not images
+    duplicates: Policy = "warn"           # one image more than once within a split
+    unknown_class: Policy = "warn"        # a class folder the champion's data did not have
+    small_class: Policy = "warn"          # a class with fewer than min_images_per_class images
+    min_images_per_class: int = Field(default=10, ge=0, le=1_000_000_000)
+    balance: Policy = "warn"              # class shares differ from the champion's (chi-square p < balance_alpha)
+    balance_alpha: float = Field(default=0.001, gt=0, lt=0.5)
+
+
 class Params(Section):
     seed: int = Field(ge=0, le=2**32 - 1)
     data: DataParams
@@ -136,6 +153,8 @@ class Params(Section):
     train: TrainParams
     save: SaveParams
     compare: CompareParams
+    # Optional, so a base revision's params.yaml from before the checks still validates.
+    checks: ChecksParams = ChecksParams()
 
 
 # Keys that left params.yaml, with where they went: an older params.yaml names them.

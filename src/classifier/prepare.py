@@ -11,6 +11,11 @@ Each image's split is a function of its content hash and `seed` alone, so adding
 moves an existing one between train, val and test, and a champion's test images stay test images.
 The folder source reads download's packs and decodes only images the decoded cache (keyed by
 content) has not seen, so a grown folder costs its new images.
+
+Before anything is written, the data checks (classifier.data_checks: leakage, broken files, duplicates,
+classes, balance against the champion's data) judge what was read; `--checks` writes their findings
+(metrics/data_checks.json), and a finding params' `checks` says blocks stops the stage in one line, so
+train never runs on that data.
 """
 
 from __future__ import annotations
@@ -21,19 +26,20 @@ import io
 import logging
 import sys
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from classifier.cli import UserError, run, stage_parser
+from classifier.data_checks import DataChecksBlocked, Rejected, blocking_line, committed_reference, run_checks
 from classifier.datasets import BUNDLED_MNIST_5K, DATASETS, IDX_ROLES
 from classifier.decoded_cache import DecodedCache
 from classifier.download import FILES_TABLE, read_files_table
 from classifier.files import atomic_write_bytes, atomic_write_json, atomic_write_text
-from classifier.images import array_to_model_input, decode, pixel_hashes
-from classifier.params import DataParams, load_params
+from classifier.images import DecodeError, array_to_model_input, decode, pixel_hashes
+from classifier.params import ChecksParams, DataParams, load_params
 from classifier.shards import SHARDS, pack_name, read_pack, shard_of
 
 log = logging.getLogger("prepare")
@@ -79,6 +85,8 @@ class Source:
     paths: list[str]  # where each image came from: a file under the folder, or `file#row`
     hashes: list[str]  # sha256 of each image's content: the file's bytes, or an array's pixels
     official_test: np.ndarray | None  # bool mask of an official test split, or None
+    rejected: list[Rejected] = field(default_factory=list)  # files that did not decode (left out above)
+    shown_prefix: str = ""  # what makes a path the one the user knows (the folder's), for the data checks
 
 
 def unit_interval(content_hash: str, seed: int) -> float:
@@ -113,15 +121,14 @@ def array_source(images: np.ndarray, labels: np.ndarray, classes: Sequence[str],
 
 def folder_source(raw_dir: Path, size: int, shown_as: str, cache: DecodedCache | None = None) -> Source:
     """The folder source's images, from download's files table and packs: each distinct file decoded
-    once through classifier.images, or taken from `cache`. Every file that does not decode is named
-    as the user knows it (`shown_as`/relative path); those that did are cached first, so nothing
-    decoded is lost and the next run decodes only the files the user fixed."""
+    once through classifier.images, or taken from `cache`. A file that does not decode is left out and
+    named in `rejected` as the user knows it (`shown_as`/relative path), for the data checks to judge;
+    those that did are cached, so the next run decodes only the files the user fixed."""
     rows = read_files_table(raw_dir)
     classes = sorted({row["class"] for row in rows})
     class_index = {name: index for index, name in enumerate(classes)}
     hashes = [row["sha256"] for row in rows]
     shown = {row["sha256"]: f"{shown_as.rstrip('/')}/{row['path']}" for row in reversed(rows)}
-    first_row = {digest: row for row, digest in reversed(list(enumerate(hashes)))}
     cached_rows = {digest: cache.rows[digest] for digest in set(hashes) if cache is not None and digest in cache.rows}
     missing: list[set[str]] = [set() for _ in range(SHARDS)]
     for digest in set(hashes) - cached_rows.keys():
@@ -129,7 +136,7 @@ def folder_source(raw_dir: Path, size: int, shown_as: str, cache: DecodedCache |
     # Decoded straight into one array (not one small array per image), so a cold run on 240,000
     # images holds each image once here and once in the result.
     new_images = np.empty((sum(map(len, missing)), size, size), dtype=np.uint8)
-    new_digests, failures = [], []
+    new_digests, failures = [], {}
     for shard, wanted in enumerate(missing):
         if not wanted:
             continue
@@ -142,21 +149,23 @@ def folder_source(raw_dir: Path, size: int, shown_as: str, cache: DecodedCache |
             try:
                 new_images[len(new_digests)] = decode(data, size, f"{shown[digest]} (sha256 {digest[:12]})")
                 new_digests.append(digest)
-            except UserError as error:
-                failures.append((first_row[digest], str(error)))
+            except DecodeError as error:
+                failures[digest] = error
     new_images = new_images[:len(new_digests)]
     if cache is not None:
         cache.add(new_digests, new_images)
-    if failures:
-        named = [message for _, message in sorted(failures)]  # in the folder's order
-        more = f" (and {len(named) - 1} more: {'; '.join(named[1:6])})" if len(named) > 1 else ""
-        raise UserError(named[0] + more)
+    # In the folder's order, every file (a copy of a broken file under another name is broken too).
+    rejected = [Rejected(f"{shown_as.rstrip('/')}/{row['path']}", row["sha256"], failures[row["sha256"]].kind,
+                         str(failures[row["sha256"]])) for row in rows if row["sha256"] in failures]
+    rows = [row for row in rows if row["sha256"] not in failures]
     new_rows = {digest: row for row, digest in enumerate(new_digests)}
     images = np.empty((len(rows), size, size), dtype=np.uint8)
-    for row, digest in enumerate(hashes):
-        images[row] = new_images[new_rows[digest]] if digest in new_rows else cache.images[cached_rows[digest]]
+    for index, row in enumerate(rows):
+        digest = row["sha256"]
+        images[index] = new_images[new_rows[digest]] if digest in new_rows else cache.images[cached_rows[digest]]
     labels = np.fromiter((class_index[row["class"]] for row in rows), dtype=np.int64, count=len(rows))
-    return Source(images, labels, classes, [row["path"] for row in rows], hashes, None)
+    return Source(images, labels, classes, [row["path"] for row in rows], [row["sha256"] for row in rows], None,
+                  rejected, shown_as.rstrip("/") + "/")
 
 
 def read_raw(raw_dir: Path, data_params: DataParams, cache_dir: Path | None = None) -> Source:
@@ -252,10 +261,33 @@ def write_prepared(out_dir: Path, splits: dict, dataset: str, classes: Sequence[
     return meta
 
 
-def prepare(raw_dir: Path, data_params: DataParams, seed: int, out_dir: Path,
-            cache_dir: Path | None = None) -> dict:
+def check_data(source: Source, splits: np.ndarray, policy: ChecksParams, reference: dict | None,
+               report_path: Path | None) -> dict:
+    """The data checks (classifier.data_checks) on what was read and split, written to `report_path`
+    whatever they find; a finding whose policy is `block` raises, before anything else is written."""
+    names = np.asarray(source.classes, dtype=object)[source.labels]
+    rows = list(zip((source.shown_prefix + path for path in source.paths), names, splits, source.hashes,
+                    pixel_hashes(source.images)))
+    report = run_checks(rows, source.rejected, policy, reference)
+    if report_path is not None:
+        atomic_write_json(report_path, report)
+    line = blocking_line(report)
+    if line:
+        raise DataChecksBlocked(line)
+    for name, finding in report["checks"].items():
+        if finding["status"] == "warn":
+            log.warning("data check %s: %s", name, finding["words"])
+    return report
+
+
+def prepare(raw_dir: Path, data_params: DataParams, seed: int, out_dir: Path, cache_dir: Path | None = None,
+            checks: ChecksParams | None = None, checks_path: Path | None = None,
+            reference: dict | None = None) -> dict:
+    """Read, split, check (checks: params' policy, default ChecksParams(); reference: the champion's
+    data_checks.json), then write the split; a blocking finding stops before the split is written."""
     source = read_raw(raw_dir, data_params, cache_dir)
     splits = assign_splits(source.hashes, seed, data_params, source.official_test)
+    check_data(source, splits, checks or ChecksParams(), reference, checks_path)
     arrays = split_arrays(source, splits)  # checked before anything is written
     return write_prepared(out_dir, arrays, data_params.dataset, source.classes, manifest(source, splits))
 
@@ -266,9 +298,13 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("prepared_dir", type=Path, help="folder for the prepared split (a DVC out)")
     parser.add_argument("--decoded-cache", type=Path,
                         help="folder of decoded images kept between runs, keyed by content (folder source)")
+    parser.add_argument("--checks", type=Path, help="where the data checks' findings go (metrics/data_checks.json; "
+                        "the one committed at HEAD is the champion's data they compare with)")
     args = parser.parse_args(argv)
     params = load_params(args.params)
-    meta = prepare(args.raw_dir, params.data, params.seed, args.prepared_dir, args.decoded_cache)
+    reference = committed_reference(args.checks) if args.checks is not None else None
+    meta = prepare(args.raw_dir, params.data, params.seed, args.prepared_dir, args.decoded_cache,
+                   params.checks, args.checks, reference)
     log.info("%s: %d classes, %s (data %s)", meta["dataset"], len(meta["classes"]),
              ", ".join(f"{n} {c}" for n, c in meta["samples"].items()), meta["fingerprint"][:19])
 

@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import re
 
-from pipeline.retrain.flow import NO_CHANGE, NOT_PROMOTED, NOTHING_RERAN, PROMOTED, SAME_MODEL, STATE_NAMES
+from pipeline.retrain.flow import BLOCKED, NO_CHANGE, NOT_PROMOTED, NOTHING_RERAN, PROMOTED, SAME_MODEL, STATE_NAMES
 from tests.conftest import PROJECT_ROOT
 
 
 def test_each_outcome_is_a_short_code_with_its_state_and_its_line_in_the_docs():
-    codes = (PROMOTED, NOT_PROMOTED, NO_CHANGE)
+    codes = (PROMOTED, NOT_PROMOTED, NO_CHANGE, BLOCKED)
     assert set(STATE_NAMES) == set(codes)
     assert all(re.fullmatch(r"[a-z]+(-[a-z]+)*", code) for code in codes)
     page = (PROJECT_ROOT / "docs" / "retraining.md").read_text(encoding="utf-8")
