@@ -1,6 +1,7 @@
 """Benchmark: the folder source under real DVC at 60,000 (or --images N) PNGs (issue 32's targets).
 
     python benchmarks/folder_pipeline.py [--images 60000] [--tree DIR] [--repeats 3]
+        [--source REPO] [--set train.batch_size=4096] [--label NAME]
 
 Writes (once, not timed; reused when --tree already holds it) an ImageFolder tree of N + 1,000
 distinct 28x28 PNGs (benchmarks/prepare_folder.py's), and keeps the last 1,000 aside. In a git
@@ -118,7 +119,15 @@ def main() -> None:
     parser.add_argument("--tree", type=Path, help="where the tree of N + 1,000 PNGs is (written if missing)")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--work", type=Path, help="scratch folder (default: a temporary one, removed)")
+    parser.add_argument("--source", type=Path, default=ROOT,
+                        help="the git repo whose committed HEAD is measured (default: this checkout), e.g. a clone "
+                        "of main, to measure before and after in the same minutes")
+    parser.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                        help="a params.yaml value for both clones (YAML), e.g. train.batch_size=4096: training's "
+                        "cost is not this benchmark's subject")
+    parser.add_argument("--label", default="", help="appended to the results file's name")
     args = parser.parse_args()
+    overrides = {key: yaml.safe_load(value) for key, _, value in (item.partition("=") for item in args.set)}
     count = args.images
     tree = args.tree or Path(tempfile.gettempdir()) / f"bench-folder-{count}"
     if not (tree / ".complete").exists():
@@ -130,11 +139,14 @@ def main() -> None:
     work = Path(args.work or tempfile.mkdtemp(prefix="bench-folder-pipeline-"))
     aside = work / "aside"
     move(extra, tree, aside)
-    results: dict = {"images": count, "repeats": args.repeats}
+    source = subprocess.run(["git", "-C", str(args.source), "rev-parse", "--short", "HEAD"], capture_output=True,
+                            text=True, check=True).stdout.strip()
+    results: dict = {"images": count, "repeats": args.repeats, "source": f"{args.source} {source}", "params": overrides,
+                     "load_before": os.getloadavg()}
     try:
-        project = clone(ROOT, work / "project", **{"data.dataset": "folder", "data.folder": str(tree),
-                                                   "train.epochs": 1, "save.min_accuracy": 0.5})
-        bundled = clone(ROOT, work / "bundled", **{"train.epochs": 1, "save.min_accuracy": 0.5})
+        project = clone(args.source, work / "project", **{"data.dataset": "folder", "data.folder": str(tree),
+                                                          "train.epochs": 1, "save.min_accuracy": 0.5, **overrides})
+        bundled = clone(args.source, work / "bundled", **{"train.epochs": 1, "save.min_accuracy": 0.5, **overrides})
         dvc(bundled, "repro", "-q")
 
         wall, run = dvc(project, "repro", "prepare", peak=True)
@@ -191,7 +203,8 @@ def main() -> None:
             move([p for p in extra if (aside / p).exists()], aside, tree)
         if args.work is None:
             shutil.rmtree(work, ignore_errors=True)
-    out = ROOT / "benchmarks" / "results" / f"folder_pipeline_{count}.json"
+    results["load_after"] = os.getloadavg()
+    out = ROOT / "benchmarks" / "results" / f"folder_pipeline_{count}{args.label}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(results, indent=2) + "\n")
     print(json.dumps(results, indent=2))
