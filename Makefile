@@ -106,16 +106,23 @@ BASE ?= main
 OUT ?= report
 REPORT_FLAGS ?=
 
-.PHONY: report pr-report pr-comment
+.PHONY: report pr-report pr-model pr-comment
 
 report: $(ENV)  ## report of the workspace against BASE (default main) in OUT/report.md (default report/)
 	$(BIN)/python -m pipeline.report --base '$(BASE)' --out '$(OUT)' $(REPORT_FLAGS)
 
-# What CI runs (docs/reports.md, "In CI"): pull the head's outputs from the DVC remote where it can, check the
-# pulled model and the committed results against dvc.lock, compute only what is missing or stale, then report
-# which results it judged; exit 1 when the head may be worse by as much as matters, 2 when nothing could be judged.
-pr-report: $(ENV)  ## report against BASE of what merging would make the champion (pulls, checks, computes what is missing); fails on a regression
+# What CI runs (docs/reports.md, "In CI"): from a worktree of BASE (its code and policy), fetch the model the head's
+# dvc.lock records from the DVC cache or BASE's remote (or train it with the head's code), score it with BASE's evaluate
+# on BASE's test images, and judge that; exit 1 when the head may be worse by as much as matters, 2 when nothing could
+# be judged. make itself exits 2 for either: the report's own status is in $(OUT)/exit-status.
+pr-report: $(ENV)  ## judge CI's own scoring of the head's model against BASE, with BASE's code; fails on a regression
 	$(BIN)/python -m pipeline.report --base '$(BASE)' --out '$(OUT)' --check-head --fail-on-regression $(REPORT_FLAGS)
+
+# The untrusted CI job's half (a fork's pull request): the head's code trains its model, which the trusted job scores.
+MODEL_OUT ?= pr-model
+pr-model: $(ENV)  ## train the head with its own code (dvc repro); its model, card and data manifest go to MODEL_OUT (default pr-model/)
+	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/dvc repro
+	mkdir -p '$(MODEL_OUT)' && cp models/model.pth models/model.json data/prepared/manifest.csv '$(MODEL_OUT)/'
 
 pr-comment:  ## post OUT/comment.md on pull request PR, editing your last comment there (needs gh; CI uses a sticky-comment action)
 	gh pr comment '$(PR)' --edit-last --create-if-none --body-file '$(OUT)/comment.md'

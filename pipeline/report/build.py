@@ -29,7 +29,7 @@ from pipeline.report.changes import (
 )
 from pipeline.report.render import ClassMove, Figure, Report
 from pipeline.registry import champion_note
-from pipeline.results import ResultsError, Snapshot, compare_policy, git_reader, read_snapshot, workspace_reader
+from pipeline.results import Reader, ResultsError, Snapshot, compare_policy, git_reader, read_snapshot, workspace_reader
 from pipeline.run.stages import dvc_cache_dir
 
 TOP_CLASSES = 5
@@ -58,21 +58,21 @@ def flipped(base: pd.DataFrame, head: pd.DataFrame) -> dict[str, pd.DataFrame]:
     return {"now wrong": rows[right_at_base & ~right_at_head], "now right": rows[~right_at_base & right_at_head]}
 
 
-def draw_flips(repo: Path, rows: pd.DataFrame, fingerprint: str, path: Path) -> str | None:
+def draw_flips(prepared: Path, rows: pd.DataFrame, fingerprint: str, path: Path) -> str | None:
     """The picture of `rows`' test images, drawn by classifier.flips (torch stays out of pipeline/);
     returns why there is none, or None."""
     with tempfile.TemporaryDirectory() as scratch:
         flips_csv = Path(scratch) / "flips.csv"
         rows.head(MAX_FLIPS_SHOWN).to_csv(flips_csv, index=False)
-        drawn = subprocess.run([sys.executable, "-m", "classifier.flips", str(repo / PREPARED_PATH), str(flips_csv),
-                                fingerprint, str(path)], cwd=repo, capture_output=True, text=True)
+        drawn = subprocess.run([sys.executable, "-P", "-m", "classifier.flips", str(prepared), str(flips_csv),
+                                fingerprint, str(path)], cwd=scratch, capture_output=True, text=True)
     if drawn.returncode != 0:
         return (drawn.stderr.strip().splitlines() or [f"exit {drawn.returncode}"])[-1].removeprefix("error: ")
     return None
 
 
 def draw_figures(base: Snapshot | None, head: Snapshot, classes: Sequence[str], out_dir: Path,
-                 repo: Path, notes: list[str]) -> list[Figure]:
+                 prepared: Path, notes: list[str]) -> list[Figure]:
     figures = []
     base_history = base.history if base else None
     if head.history:
@@ -100,7 +100,7 @@ def draw_figures(base: Snapshot | None, head: Snapshot, classes: Sequence[str], 
         if rows.empty:
             continue
         file = f"flips_{kind.replace(' ', '_')}.png"
-        problem = draw_flips(repo, rows, head.results.fingerprint, out_dir / file)
+        problem = draw_flips(prepared, rows, head.results.fingerprint, out_dir / file)
         if problem:
             notes.append(f"No picture of the test images {kind}: {problem}.")
             continue
@@ -129,9 +129,12 @@ def judge_snapshots(base: Snapshot | None, head: Snapshot, base_where: str, note
     return judgement, policy
 
 
-def build_report(repo: Path, base_name: str, out_dir: Path, head_check: list[str] | None = None) -> Report:
-    """`head_check`: CI's lines on what is judged at the head and how (pipeline.report.head)."""
-    head = read_snapshot(workspace_reader(repo), "in the workspace")
+def build_report(repo: Path, base_name: str, out_dir: Path, head_check: list[str] | None = None,
+                 read_head: Reader | None = None, prepared: Path | None = None, problem: str | None = None) -> Report:
+    """`head_check`: CI's lines on what is judged at the head and how (pipeline.report.head); `read_head`: how
+    the head's files are read (CI's own scoring for its results), else the workspace; `prepared`: the test
+    images for the pictures; `problem`: why nothing is judged (forged results, leakage, no model)."""
+    head = read_snapshot(read_head or workspace_reader(repo), "in the workspace")
     if head.metrics is None or head.results is None:
         raise ReportError(f"{METRICS_PATH}, {EVALUATION_PATH} and {PREDICTIONS_PATH} must all be in the workspace: "
                           "run the pipeline first (`dvc repro` or `make run`)")
@@ -150,6 +153,8 @@ def build_report(repo: Path, base_name: str, out_dir: Path, head_check: list[str
     judgement, policy = judge_snapshots(base, head, base_where, notes)
     # issue 43: the head's data checks before training, when they found anything (classifier.data_checks).
     notes += filter(None, [report_note(read_report(repo / "metrics/data_checks.json"))])
+    if problem is not None:  # CI's check of the head found something: its numbers are shown, never judged
+        judgement, policy = cannot_judge(head.predictions, problem), None
     head_changes = uncommitted(repo, [PARAMS_PATH, LOCK_PATH, "metrics"])
     if base_sha is not None and base_sha == resolve(repo, "HEAD") and not head_changes:
         notes.append(f"The base {base_name} is the head's own commit and the workspace changes none of its "
@@ -180,6 +185,7 @@ def build_report(repo: Path, base_name: str, out_dir: Path, head_check: list[str
         head_check=head_check,
     )
     out_dir.mkdir(parents=True, exist_ok=True)
-    report.figures = draw_figures(base, head, head.evaluation.get("classes", []), out_dir, repo, notes)
+    report.figures = draw_figures(base, head, head.evaluation.get("classes", []), out_dir,
+                                  prepared or repo / PREPARED_PATH, notes)
     report.plots_html, report.plots_problem = dvc_plots(repo, base_sha, out_dir)
     return report

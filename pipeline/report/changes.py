@@ -121,7 +121,7 @@ def model_hash(lock: Mapping | None, cache_dir: Path | None, workspace_file: Pat
 
 def _dvc(repo: Path, *args: str) -> subprocess.CompletedProcess:
     # The dvc of this interpreter: the one installed beside the project, whatever PATH says.
-    return subprocess.run([sys.executable, "-m", "dvc", *args], cwd=repo, capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-P", "-m", "dvc", *args], cwd=repo, capture_output=True, text=True,
                           env=stage_env())
 
 

@@ -68,18 +68,20 @@ def test_a_gpu_promotion_goes_round_the_loop_and_every_step_names_its_model(repr
         [pull] = forge.script.pulls
         assert pull["head"]["ref"] == branch and pull["base"]["ref"] == "main"
 
-        # CI, in fresh clones of the pull request's branch: a fork's run (no credentials), then this repository's.
+        # CI, in fresh clones of the pull request's branch: a fork's run (no credentials: the head's code trains the
+        # model here), then this repository's (the model fetched from the base's remote). Either way CI scores it
+        # with the base's code, and a promoted retrain is not worse: exit 0, nothing else (issue 38).
         reports = {}
         for name, env in (("fork", without_credentials(subprocess_env())), ("read", with_credentials(subprocess_env()))):
             clone = fresh_clone(origin, tmp_path / f"ci-{name}", branch)
             done = make(clone, env, *CI_COMMAND)
-            assert done.returncode in (0, 1), done.stdout[-2000:] + done.stderr[-3000:]
-            reports[name] = (clone / "report/report.md").read_text()
-            assert "- **Judged: the head's committed results**" in reports[name]
+            reports[name] = (clone / "report/report.md").read_text() if (clone / "report/report.md").is_file() else ""
+            assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
+            assert "- **Judged: CI's own scoring** of the head's model" in reports[name]
             assert promoted_md5 in reports[name]
-        assert verdict_of(reports["fork"]) == verdict_of(reports["read"])  # the same committed tables, judged alike
-        assert "could not pull" in reports["fork"]
-        assert f"pulled, md5 {promoted_md5}, the one the head's `dvc.lock` records, trained on `cpu`" in reports["read"]
+        assert "**reproduced here with the head's code**" in reports["fork"]
+        assert f"fetched, md5 {promoted_md5}, the one the head's `dvc.lock` records, trained on `cpu`" in reports["read"]
+        assert verdict_of(reports["fork"]) == verdict_of(reports["read"])  # the same bytes, scored alike
         champion_sha256 = head_sha256(reports["read"])
         assert champion_sha256 is not None
 

@@ -1,9 +1,9 @@
 """A real S3 remote on loopback (moto's server, dvc-s3; tests/s3_server.py) under the commands a team
 runs (issue 29): `make run` in a fresh clone pulls what the remote holds, and warns and computes when it
-cannot read it; CI's `make pr-report` in a fresh clone of a pull request's branch judges the committed
-results, with read credentials checking the pulled model against dvc.lock, without them saying what it
-could not check (tests/pipeline/test_loop_chain.py); a remote holding other bytes under the model's name is
-caught."""
+cannot read it; CI's `make pr-report` in a fresh clone of a pull request's branch fetches the model the
+head's dvc.lock records from the remote the base names, checks it by md5 and scores it with the base's code
+(issue 38; without credentials: tests/pipeline/test_loop_chain.py); a remote holding other bytes under the
+model's name is caught."""
 
 from __future__ import annotations
 
@@ -90,10 +90,12 @@ def head_accuracy(report: str) -> str:
     return re.search(r"^\| accuracy \| higher \| [^|]+ \| ([0-9.]+) \|", report, re.M)[1]
 
 
-def test_ci_judges_the_committed_results_and_checks_the_pulled_model(reproduced_project, s3, tmp_path):
+def test_ci_scores_the_fetched_model_itself_and_catches_other_bytes(reproduced_project, s3, tmp_path):
     # The head committed its run (as a retrain's pull request does) and pushed its outputs; its base is the
-    # commit before (same results). A fork's run, without credentials: tests/pipeline/test_loop_chain.py.
+    # commit before (same results). CI fetches the model the head's dvc.lock records from the remote the
+    # BASE names and scores it with the base's code (issue 38). A fork's run: tests/pipeline/test_loop_chain.py.
     project = published(reproduced_project, s3)
+    git(project, "commit", "-q", "--allow-empty", "-m", "the head")  # its base, HEAD~1, names the S3 remote
     lock = yaml.safe_load((project / "dvc.lock").read_text())
     committed_accuracy = f"{yaml.safe_load((project / 'metrics/metrics.json').read_text())['test']['accuracy']:.4f}"
 
@@ -101,15 +103,17 @@ def test_ci_judges_the_committed_results_and_checks_the_pulled_model(reproduced_
     done = make(clone, with_credentials(subprocess_env()), "pr-report", "BASE=HEAD~1")
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
     report = (clone / "report/report.md").read_text()
-    assert head_accuracy(report) == committed_accuracy
-    assert judged_line(report).startswith("- **Judged: the head's committed results**")
-    assert f"pulled, md5 {lock_md5(lock, MODEL)}, the one the head's `dvc.lock` records" in report
-    assert "Reproduction: not needed" in report and "Running stage" not in done.stdout + done.stderr
+    assert head_accuracy(report) == committed_accuracy  # CI's own scoring agrees with the committed results
+    assert judged_line(report).startswith("- **Judged: CI's own scoring** of the head's model")
+    assert f"fetched, md5 {lock_md5(lock, MODEL)}, the one the head's `dvc.lock` records" in report
+    assert "The head's committed results are this model's" in report
+    assert "Running stage" not in done.stdout + done.stderr
 
-    # The remote holds other bytes under the model's name: the pulled model is caught, nothing is judged.
+    # The remote holds other bytes under the model's name: caught, nothing is judged.
     s3.put_md5(lock_md5(lock, MODEL), b"not the model dvc.lock names")
     clone = fresh_clone(project, tmp_path / "tampered")
     done = make(clone, with_credentials(subprocess_env()), "pr-report", "BASE=HEAD~1")
     assert done.returncode == 2, done.stdout[-2000:] + done.stderr[-3000:]
-    assert "is not the model the head's `dvc.lock` records" in done.stderr
-    assert "does not match `dvc.lock`" in (clone / "report/report.md").read_text()
+    assert "holds other bytes under its name" in done.stderr
+    assert (clone / "report/exit-status").read_text() == "2\n"
+    assert "**Nothing judged:" in (clone / "report/report.md").read_text()

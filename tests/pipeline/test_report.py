@@ -42,6 +42,7 @@ from tests.conftest import PROJECT_ROOT, commit_all, copy_project, dvc, git, run
 from tests.pipeline.test_retrain import events_of
 
 WORKFLOW = PROJECT_ROOT / ".github" / "workflows" / "pr-report.yml"
+JUDGE_WORKFLOW = PROJECT_ROOT / ".github" / "workflows" / "pr-report-judge.yml"
 IMAGES = ["loss.png", "accuracy.png", "confusion_head.png", "confusion_base.png"]
 
 
@@ -203,35 +204,39 @@ def test_pipeline_package_never_imports_torch():
 
 
 def test_workflow_parses_and_its_make_targets_exist():
+    # Issue 38: the pull_request workflow runs the pull request's own files, so it only trains and hands the model
+    # over (no secrets, no id-token, no write); the workflow_run judge runs the base's code and alone may post.
     workflow = yaml.safe_load(WORKFLOW.read_text())
+    judge_workflow = yaml.safe_load(JUDGE_WORKFLOW.read_text())
     # PyYAML reads the bare key `on` as True.
-    assert "pull_request" in workflow[True] and "pull_request_target" not in workflow[True]
-    # The job that runs the head's code can only read; the one that writes runs none of it.
-    assert workflow["permissions"] == {}
-    report_job, comment_job = workflow["jobs"]["report"], workflow["jobs"]["comment"]
-    # id-token: only to trade GitHub's OIDC token for the DVC remote's read-only role; never a write token.
-    assert report_job["permissions"] == {"contents": "read", "id-token": "write"}
-    assert comment_job["permissions"] == {"pull-requests": "write"} and comment_job["needs"] == "report"
-    assert all("run" not in step and not step.get("uses", "").startswith("actions/checkout")
-               for step in comment_job["steps"])
-    assert "always()" in comment_job["if"]
-    steps = report_job["steps"]
+    assert set(workflow[True]) == {"pull_request"} and set(judge_workflow[True]) == {"workflow_run"}
+    assert judge_workflow[True]["workflow_run"]["workflows"] == [workflow["name"]]
+    assert workflow["permissions"] == {} and judge_workflow["permissions"] == {}
+    [model_job] = workflow["jobs"].values()
+    assert model_job["permissions"] == {"contents": "read"}
+    assert "secrets." not in WORKFLOW.read_text() and "id-token" not in str(model_job)
+    steps = model_job["steps"]
     checkout = next(step for step in steps if step.get("uses", "").startswith("actions/checkout"))
-    assert checkout["with"]["fetch-depth"] == 0
+    assert checkout["with"]["persist-credentials"] is False
     setup = next(step for step in steps if step.get("uses", "").startswith("actions/setup-python"))
     assert str(setup["with"]["python-version"]) == "3.11"
-    assert any(step.get("uses", "").startswith("actions/upload-artifact") and step["with"]["path"] == "report/"
+    assert any(step.get("uses", "").startswith("actions/upload-artifact") and step["with"]["path"] == "pr-model/"
                for step in steps)
-    assert checkout["with"]["persist-credentials"] is False
-    download = next(step for step in comment_job["steps"] if step.get("uses", "").startswith("actions/download-artifact"))
-    assert download["with"] == {"name": "pr-report", "path": "report/"}
-    sticky = next(step for step in comment_job["steps"]
-                  if step.get("uses", "").startswith("marocchino/sticky-pull-request-comment@"))
-    assert sticky["with"]["path"] == "report/comment.md" and sticky["with"]["header"]
 
-    commands = " ".join(step.get("run", "") for step in steps)
+    [judge_job] = judge_workflow["jobs"].values()
+    assert judge_job["permissions"] == {"contents": "read", "actions": "read", "pull-requests": "write",
+                                        "id-token": "write"}
+    judge_steps = judge_job["steps"]
+    [judge_checkout] = [step for step in judge_steps if step.get("uses", "").startswith("actions/checkout")]
+    assert "ref" not in judge_checkout["with"] and judge_checkout["with"]["fetch-depth"] == 0  # the base, never the head
+    judged = next(step for step in judge_steps if "make pr-report" in step.get("run", ""))
+    assert "--repo pr-head --handed-over pr-model" in judged["run"]
+    sticky = next(step for step in judge_steps if step.get("uses", "").startswith("marocchino/sticky-pull-request-comment@"))
+    assert sticky["with"]["path"] == "report/comment.md" and sticky["with"]["header"] and sticky["with"]["number"]
+
+    commands = " ".join(step.get("run", "") for step in [*steps, *judge_steps])
     targets = re.findall(r"\bmake\s+([a-z][\w-]*)", commands)
-    assert {"install", "pr-report"} <= set(targets)
+    assert {"install", "pr-model", "pr-report"} <= set(targets)
     for target in [*targets, "pr-comment"]:
         # -n prints the recipe without running it; an unknown target fails here.
         dry_run = subprocess.run(["make", "-n", target, "BASE=origin/main", "PR=1"], cwd=PROJECT_ROOT,
