@@ -38,12 +38,12 @@ def say(message: str) -> None:
 
 
 def connect(project: Path) -> bool:
-    """Point Prefect at a server that answers: PREFECT_API_URL's, or the project's local one
-    (then returns True)."""
+    """Point Prefect at a server that answers: PREFECT_API_URL's, else `make server`'s address when it answers,
+    else the project's local one; returns True for the project's own background server."""
     os.environ.setdefault("PREFECT_HOME", str(project / ".prefect"))
     for key, value in QUIET_DEFAULTS.items():
         os.environ.setdefault(key, value)
-    from pipeline.server.local import CredentialsRefused, LocalServerError, ensure_server, healthy
+    from pipeline.server.local import CredentialsRefused, LocalServerError, ensure_server, healthy, is_own_server
 
     url = os.environ.get("PREFECT_API_URL")
     if url:
@@ -57,11 +57,16 @@ def connect(project: Path) -> bool:
             raise SystemExit(f"error: the Prefect server at PREFECT_API_URL={url} is unreachable; start it with "
                              "`make server`, or unset PREFECT_API_URL to use the project's local server")
         return False
+    home = Path(os.environ["PREFECT_HOME"])
     try:
-        os.environ["PREFECT_API_URL"] = ensure_server(Path(os.environ["PREFECT_HOME"]), say)
+        url = ensure_server(home, say)
     except LocalServerError as error:
         raise SystemExit(f"error: {error}") from None
-    return True
+    except CredentialsRefused as refused:
+        raise SystemExit(f"error: the Prefect server at {refused} refused the credentials: set PREFECT_API_AUTH_STRING "
+                         "to its auth string (or put it in .prefect/auth and use make)") from None
+    os.environ["PREFECT_API_URL"] = url
+    return is_own_server(home, url)
 
 
 @contextmanager

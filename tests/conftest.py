@@ -20,6 +20,18 @@ from pipeline.run.stages import stage_env
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 
 
+@pytest.fixture(autouse=True)
+def own_server_address(monkeypatch):
+    """Each test's `python -m pipeline` looks for `make server` at, and starts its background server on, a port of
+    its own (pipeline/server/local.py), never a developer's 127.0.0.1:4200 or another test's."""
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    monkeypatch.setenv("CLASSIFIER_SERVER_URL", f"http://127.0.0.1:{port}")
+
+
 @pytest.fixture
 def default_params() -> dict:
     return yaml.safe_load((PROJECT_ROOT / "params.yaml").read_text())

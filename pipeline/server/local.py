@@ -1,11 +1,21 @@
-"""The embedded default: a Prefect server of the project's own, started in the background on
-first use and reused by every later run, so nothing has to be started by hand.
+"""The embedded default: the Prefect server `make run` and `make retrain` use when PREFECT_API_URL names none.
 
-Prefect's temporary server (what a flow gets with no PREFECT_API_URL) costs about 6 s per
-process, more than the whole of a no-op run. This one starts once (about 10 s), listens on
-a free port of 127.0.0.1, keeps its database and log under `.prefect/local-server/`, and
-stays up until `make server-stop`. Its address and pid are in `.prefect/local-server.json`;
-a stale file (the server died) is noticed by its health check and the server restarted.
+One server, one UI: when `make server`'s address answers (CLASSIFIER_SERVER_URL, which the Makefile sets to
+SERVER_URL, http://127.0.0.1:4200 by default), runs go there, beside the deployments. Otherwise the project's
+own server is started in the background on first use and reused by every later run, so nothing has to be
+started by hand: on that same address when its port is free (4200: the address deployments and workers use, so
+`make deploy` and `make worker` find it too), else on the port it had before, else on the next free one after
+the configured port; never a random port, so the "View at" links earlier runs printed keep opening. It keeps
+its database and log under `.prefect/local-server/` and stays up until `make server-stop`. Its address and
+pid are in `.prefect/local-server.json`; a stale file (the server died) is noticed by its health check and the
+server restarted, on the same port.
+
+Prefect's temporary server (what a flow gets with no PREFECT_API_URL) costs about 6 s per process, more than
+the whole of a no-op run; this one starts once (10 s to a minute on a fresh home: it creates its database).
+
+It is a private, loopback server with a SQLite file of its own: the database settings of a team server
+(PREFECT_API_DATABASE_CONNECTION_URL and the rest) are removed from its environment, and it starts in its own
+folder, so no prefect.toml or .env of the checkout points it at the team's database.
 
 Its UI asks the API at the address in `/ui-settings`, which Prefect builds from settings, not from
 `--port` (127.0.0.1:4200 unless told), so the server is told its own address
@@ -25,6 +35,7 @@ import subprocess
 import sys
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import Callable
 from contextlib import contextmanager
@@ -32,8 +43,19 @@ from pathlib import Path
 
 STATE_FILE = "local-server.json"
 SERVER_DIR = "local-server"
-START_TIMEOUT_S = 120.0
+START_TIMEOUT_S = 180.0
 STOP_TIMEOUT_S = 15.0
+# Where `make server` listens unless told (the Makefile's SERVER_URL), and so where runs look for it first.
+DEFAULT_SERVER_URL = "http://127.0.0.1:4200"
+SERVER_URL_VARIABLE = "CLASSIFIER_SERVER_URL"
+# How many ports after the configured one the background server may take when that one is busy.
+FALLBACK_PORTS = 20
+# How long a server whose port is taken may take to answer before runs start their own elsewhere.
+BUSY_ANSWER_S = 20.0
+# How often a waiting command says the server is still starting.
+PROGRESS_EVERY_S = 10.0
+# Database settings of a team server (docs/scaling-out.md): never the private server's.
+DATABASE_SETTINGS = ("PREFECT_API_DATABASE_", "PREFECT_SERVER_DATABASE_")
 
 
 class LocalServerError(RuntimeError):
@@ -75,10 +97,53 @@ def ui_api_url(url: str, timeout_s: float = 2.0) -> str | None:
         return None
 
 
-def _free_port() -> int:
+def configured_url() -> str:
+    """`make server`'s address (CLASSIFIER_SERVER_URL, else 127.0.0.1:4200), as an API URL."""
+    url = (os.environ.get(SERVER_URL_VARIABLE) or DEFAULT_SERVER_URL).rstrip("/")
+    return url if url.endswith("/api") else f"{url}/api"
+
+
+def _port_free(port: int) -> bool:
     with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
+        # As the server binds (uvicorn sets SO_REUSEADDR): a port whose last server just stopped, its connections
+        # in TIME_WAIT, is free to it; one with a listener is not.
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+        return True
+
+
+def _port_of(url: str) -> int | None:
+    return urllib.parse.urlsplit(url).port
+
+
+def _choose_port(configured: str, previous: str | None) -> int:
+    """The configured port when free, else the one this server had before, else the next free one after the
+    configured port: stable, so the links earlier runs printed keep opening."""
+    first = _port_of(configured) or 4200
+    candidates = [first, *([_port_of(previous)] if previous and _port_of(previous) else []),
+                  *range(first + 1, first + 1 + FALLBACK_PORTS)]
+    for port in candidates:
+        if _port_free(port):
+            return port
+    raise LocalServerError(f"ports {first} to {first + FALLBACK_PORTS} of 127.0.0.1 are all busy: stop what holds "
+                           f"them, or set {SERVER_URL_VARIABLE} (make SERVER_URL=...) to another address")
+
+
+def server_env(url: str, server_home: Path) -> dict[str, str]:
+    """The private server's environment: its own home and UI address; nothing of a team server's."""
+    env = {key: value for key, value in os.environ.items() if not key.startswith(DATABASE_SETTINGS)}
+    # The UI (on whatever the environment says: the links runs print open it) asks the server's own address, not
+    # Prefect's default of port 4200's; the settings' own names outrank PREFECT_UI_API_URL and PREFECT_UI_ENABLED.
+    env.update({"PREFECT_HOME": str(server_home), "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "DO_NOT_TRACK": "1",
+                "PREFECT_SERVER_UI_ENABLED": "true", "PREFECT_SERVER_UI_API_URL": url,
+                "PREFECT_UI_URL": url.removesuffix("/api")})
+    env.pop("PREFECT_API_URL", None)
+    # Loopback only, and unauthenticated: a server's auth string exported for `make server` stays out.
+    env.pop("PREFECT_SERVER_API_AUTH_STRING", None)
+    return env
 
 
 def _read_state(home: Path) -> dict | None:
@@ -126,10 +191,19 @@ def _stop(pid: int) -> None:
 
 
 def ensure_server(home: Path, say: Callable[[str], None]) -> str:
-    """The API URL of the project's local server, starting it first when it is not up."""
+    """The API URL runs use: `make server`'s when it answers, else the project's local server, started first
+    when it is not up."""
+    configured = configured_url()
     with _locked(home):
         state = _read_state(home)
-        if state and healthy(state["url"]):
+        # make server's, or this project's own background server on that address; a busy machine's server may be
+        # slow to answer, and its port is taken: ask again, patiently, before starting a second one elsewhere.
+        port = _port_of(configured) or 4200
+        if healthy(configured) or (not _port_free(port) and healthy(configured, timeout_s=BUSY_ANSWER_S)):
+            if not (state and state["url"] == configured):
+                say(f"using the Prefect server at {configured.removesuffix('/api')}")
+            return configured
+        if state and (healthy(state["url"]) or (_alive(state["pid"]) and healthy(state["url"], timeout_s=BUSY_ANSWER_S))):
             served = ui_api_url(state["url"])
             if served == state["url"]:
                 return state["url"]
@@ -140,34 +214,54 @@ def ensure_server(home: Path, say: Callable[[str], None]) -> str:
         server_home = home / SERVER_DIR
         server_home.mkdir(parents=True, exist_ok=True)
         log_path = server_home / "server.log"
-        port = _free_port()
+        port = _choose_port(configured, state and state["url"])
         url = f"http://127.0.0.1:{port}/api"
-        # The UI (on whatever the environment says: the links runs print open it) asks the server's own address, not
-        # Prefect's default of port 4200's; the settings' own names outrank PREFECT_UI_API_URL and PREFECT_UI_ENABLED.
-        env = {**os.environ, "PREFECT_HOME": str(server_home), "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-               "DO_NOT_TRACK": "1", "PREFECT_SERVER_UI_ENABLED": "true", "PREFECT_SERVER_UI_API_URL": url,
-               "PREFECT_UI_URL": url.removesuffix("/api")}
-        env.pop("PREFECT_API_URL", None)
-        # Loopback only, and unauthenticated: a server's auth string exported for `make server` stays out.
-        env.pop("PREFECT_SERVER_API_AUTH_STRING", None)
         with open(log_path, "ab") as log:
-            # Its own session: Ctrl-C on the run that started it must not stop the server.
+            # Its own session: Ctrl-C on the run that started it must not stop the server. Its own folder: no
+            # prefect.toml or .env of the checkout is read.
             process = subprocess.Popen(
                 [sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1", "--port", str(port)],
-                env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+                env=server_env(url, server_home), cwd=server_home, stdin=subprocess.DEVNULL, stdout=log,
+                stderr=subprocess.STDOUT, start_new_session=True,
             )
         say(f"starting a local Prefect server for this project at {url.removesuffix('/api')} "
             f"(database and log in {server_home}); later runs reuse it; stop it with `make server-stop`")
-        deadline = time.monotonic() + START_TIMEOUT_S
+        started = time.monotonic()
+        told = started
         while not healthy(url):
-            if process.poll() is not None or time.monotonic() > deadline:
+            now = time.monotonic()
+            if process.poll() is not None or now - started > START_TIMEOUT_S:
                 if process.poll() is None:
                     _stop(process.pid)
                 tail = log_path.read_text(errors="replace").splitlines()[-15:]
                 raise LocalServerError(f"the local Prefect server did not start (see {log_path}):\n" + "\n".join(tail))
+            if now - told >= PROGRESS_EVERY_S:
+                told = now
+                say(f"  still starting the Prefect server ({now - started:.0f} s): {_starting_what(log_path)}")
             time.sleep(0.25)
+        say(f"the Prefect server is up after {time.monotonic() - started:.0f} s; "
+            f"its UI: {url.removesuffix('/api')}")
         (home / STATE_FILE).write_text(json.dumps({"url": url, "pid": process.pid}) + "\n", encoding="utf-8")
         return url
+
+
+def _starting_what(log_path: Path) -> str:
+    """What a starting server is doing, from its log: a first start creates its database (most of the wait)."""
+    try:
+        text = log_path.read_text(errors="replace")
+    except OSError:
+        text = ""
+    if "Uvicorn running" in text or "Application startup complete" in text:
+        return "serving, waiting for its API to answer"
+    if "migration" in text.lower() or not (log_path.parent / "prefect.db").exists():
+        return "creating its database (a first start only; later runs reuse it)"
+    return "loading Prefect and opening its database"
+
+
+def is_own_server(home: Path, url: str) -> bool:
+    """Whether `url` is the project's own background server (which runs no one else's deployments)."""
+    state = _read_state(home)
+    return bool(state) and state["url"] == url
 
 
 def stop_server(home: Path) -> str | None:
@@ -179,3 +273,31 @@ def stop_server(home: Path) -> str | None:
             return None
         _stop(state["pid"])
         return state["url"]
+
+
+def held_port_problem(home: Path, port: int) -> str | None:
+    """Why `make server` cannot listen on `port`: the project's own background server holds it; None otherwise."""
+    state = _read_state(home)
+    if not state or _port_of(state["url"]) != port or not _alive(state["pid"]):
+        return None
+    return (f"the project's background Prefect server (started by make run or make retrain) already serves "
+            f"{state['url'].removesuffix('/api')}: it is the one server, and make deploy, make worker and "
+            f"make data-updated use it as it is; to run make server there instead, run make server-stop first")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m pipeline.server.local --held-port PORT`: exit 1, saying why, when the background server holds PORT."""
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m pipeline.server.local", description=main.__doc__)
+    parser.add_argument("--held-port", type=int, required=True)
+    args = parser.parse_args(argv)
+    problem = held_port_problem(Path(os.environ.get("PREFECT_HOME", ".prefect")), args.held_port)
+    if problem:
+        print(f"make server: {problem}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
