@@ -69,6 +69,10 @@ export DO_NOT_TRACK ?= 1
 DEVICE ?=
 DEVICE_FLAG = $(if $(DEVICE),--device '$(DEVICE)')
 
+# One server (pipeline/server/local.py): make run and make retrain use make server's address when it answers, else
+# start the project's own background server there (the same port, 4200 by default) when it is free.
+run retrain: export CLASSIFIER_SERVER_URL ?= $(SERVER_URL)
+
 run: $(ENV)  ## run the pipeline (dvc repro) as a Prefect flow; starts the project's Prefect server on first use
 	$(BIN)/python -m pipeline run $(DEVICE_FLAG)
 
@@ -173,6 +177,7 @@ server: $(ENV)  ## start a Prefect server on PREFECT_HOST:PREFECT_PORT (default 
 	if [ -n "$$secret" ]; then export PREFECT_SERVER_API_AUTH_STRING="$$secret"; echo "make server: authentication on (clients need PREFECT_API_AUTH_STRING or $(PREFECT_AUTH_FILE))"; \
 	else unset PREFECT_SERVER_API_AUTH_STRING; fi; \
 	echo "make server: the UI, and the links runs print, at $(SERVER_URL) (SERVER_URL: give make worker, deploy, sweep and retrain the same)"; \
+	$(BIN)/python -m pipeline.server.local --held-port '$(PREFECT_PORT)' || exit 2; \
 	export PREFECT_SERVER_UI_API_URL='$(SERVER_URL)/api' PREFECT_UI_URL='$(SERVER_URL)'; \
 	if [ -n "$$PREFECT_API_DATABASE_CONNECTION_URL" ]; then \
 	found="$$($(BIN)/python -m pipeline.server.database upgrade)" || exit 2; echo "make server: $$found"; \
@@ -213,9 +218,7 @@ worker: $(ENV)  ## start a worker on work pool POOL=cpu|gpu (created if missing)
 	exec $(BIN)/python -c '$(DEFAULT_SIGINT)' $(BIN)/prefect worker start --pool '$(POOL)' $(if $(LIMIT),--limit '$(LIMIT)')
 
 deploy: $(ENV)  ## register prefect.yaml's deployments and automations (idempotent); REPO=origin for workers on other machines
-	for pool in cpu gpu; do $(BIN)/prefect work-pool inspect $$pool >/dev/null 2>&1 || $(BIN)/prefect work-pool create $$pool --type process; done
-	$(BIN)/prefect --no-prompt deploy --all
-	$(BIN)/python -m pipeline.server.automations --file prefect.yaml $(if $(CRASH_AFTER),--crash-after '$(CRASH_AFTER)')
+	$(BIN)/python -m pipeline.server.deploy --file prefect.yaml $(if $(CRASH_AFTER),--crash-after '$(CRASH_AFTER)')
 
 # Beyond one machine (docs/scaling-out.md, "Beyond one machine"). The default DVC remote: any DVC URL (a folder every machine
 # mounts at the same path, s3://bucket/path, ssh://host/path, ...). .dvc/config is committed, so a URL
@@ -240,8 +243,8 @@ sweep: $(ENV)  ## run a grid (GRID="-S 'key=a,b' -S ...", dvc exp run -S grammar
 
 # New data (docs/own-images.md): prefect.yaml's retrain-cpu deployment has a trigger on this event.
 .PHONY: data-updated
-data-updated: $(ENV)  ## announce new data to the server (event classifier.data.updated): retrain-cpu starts a retrain
-	$(BIN)/prefect event emit classifier.data.updated --resource-id classifier.data
+data-updated: $(ENV)  ## announce new data to the server (event classifier.data.updated): retrain-cpu starts a retrain; says which run and where to watch it
+	$(BIN)/python -m pipeline.server.data_updated
 
 retrain: $(ENV)  ## retrain BASE (default main) now, in a workspace of its own; promotes only if as good
 	$(BIN)/python -m pipeline retrain --base '$(BASE)' $(DEVICE_FLAG)
