@@ -5,7 +5,8 @@
   subprocess of pipeline/ gets (`stage_env`) and dvc.lock's record of an out (`lock_md5`).
 - `dvc_run`: the child process `stages.repro` starts, by path: DVC's repro and status in one
   interpreter.
-- `flow`: `train_pipeline`, the Prefect flow around it (prefect.yaml's `train-cpu`, `make run`).
+- `flow`: `train_pipeline`, the Prefect flow around it (prefect.yaml's `train-cpu`, `make run`): a task run per
+  stage DVC names, cut from its streaming output (`stages.StageFeed`); `run_pipeline`, the same inside another flow.
 
 Imports only pipeline.project and pipeline.device from the rest of pipeline/.
 """

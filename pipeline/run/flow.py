@@ -2,18 +2,23 @@
 
 DVC decides what runs: one `dvc repro` walks the graph, reruns what changed, restores what
 its run-cache holds and skips the rest; the flow reads each stage's outcome from DVC's own
-output and never re-derives it. Then `dvc status` must come back clean, or the run fails
+output and never re-derives it. As the output streams, each stage DVC names becomes a task run of
+its own (named after the stage, in DVC's order, its state named Ran, Restored or Skipped), holding
+the lines DVC printed for it: the run page shows the stages, their timings and their logs. Then `dvc status` must come back clean, or the run fails
 naming what is stale. Prefect gives the run its task runs, logs, retries and artifacts.
 """
 
 from __future__ import annotations
 
 import json
+import threading
+import time
 from pathlib import Path
 
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
+from prefect.states import Completed, State
 
 from classifier.data_checks import markdown as data_checks_markdown
 from classifier.data_checks import read_report
@@ -22,38 +27,85 @@ from pipeline.device import set_device
 from pipeline.project import DATA_CHECKS_PATH, MODEL_CARD_PATH, MODEL_PATH, flatten
 from pipeline.run.stages import (
     CHANGED,
+    RAN,
+    RESTORED,
+    SKIPPED,
     PipelineError,
     StageFailed,
+    StageFeed,
     StageResult,
+    always_changed_stages,
+    as_decided,
     is_git_hint,
     metrics_paths,
+    outcomes,
     repro,
 )
 
-# The stage whose failures are the network's, and so worth a retry of the run.
-RETRIED_STAGE, RETRIES = "download", 3
+# The stage whose failures are the network's, and so worth another `dvc repro` (DVC then reruns it and what follows).
+RETRIED_STAGE, RETRY_DELAYS_S = "download", (2, 8, 30)
+# Each task's final state is named after DVC's decision, so the run page's task list reads as DVC's.
+STATE_NAMES = {RAN: "Ran", RESTORED: "Restored", SKIPPED: "Skipped"}
 
 
-def retry_when_the_network_failed(task, task_run, state) -> bool:
-    error = state.result(raise_on_failure=False)
-    return isinstance(error, StageFailed) and error.stage == RETRIED_STAGE
+@task(task_run_name="{stage}", cache_policy=NO_CACHE)
+def dvc_stage(stage: str, feed: StageFeed, always_changed: frozenset[str] = frozenset()) -> State:
+    """One DVC stage of a running `dvc repro`: its lines, as DVC prints them, and DVC's decision."""
+    logger = get_run_logger()
+    lines = []
+    for line in feed.lines_of(stage):
+        lines.append(line)
+        if line.strip() and not is_git_hint(line):
+            logger.info("%s", line)
+    decided = as_decided(next(r for r in outcomes(lines) if r.name == stage), set(always_changed))
+    if isinstance(feed.error, StageFailed) and feed.error.stage == stage:  # this stage's command failed
+        raise feed.error
+    return Completed(name=STATE_NAMES[decided.outcome], message=decided.reason, data=decided)
 
 
-@task(name="dvc-repro", cache_policy=NO_CACHE, retries=RETRIES, retry_delay_seconds=[2, 8, 30],
-      retry_condition_fn=retry_when_the_network_failed)
-def dvc_repro(project_dir: str, target: str | None, timeout_s: float) -> list[StageResult]:
-    """`dvc repro`, then `dvc status`: a run whose results do not match the pipeline fails."""
+def dvc_repro(project: Path, target: str | None, timeout_s: float) -> list[StageResult]:
+    """`dvc repro`, then `dvc status`, read as it streams: one task per stage DVC names, in DVC's order; a run
+    whose results do not match the pipeline fails. A failed download (the network's) is retried."""
     logger = get_run_logger()
 
-    def log_line(line: str) -> None:
+    def log_line(line: str) -> None:  # DVC's lines before its first stage (a remote's warning)
         if line.strip() and not is_git_hint(line):
             logger.info("%s", line)
 
-    run = repro(Path(project_dir), log_line, timeout_s, target)
-    if run.stale:
-        raise PipelineError(f"after `dvc repro`, `dvc status` still reports {', '.join(run.stale)} as not up to "
+    always_changed = frozenset(always_changed_stages(project))
+    for attempt, delay in enumerate((*RETRY_DELAYS_S, None), start=1):
+        feed, kill = StageFeed(), []
+
+        def reproduce(feed=feed, kill=kill) -> None:
+            try:
+                feed.finish(run=repro(project, feed.put, timeout_s, target, on_start=kill.append))
+            except BaseException as error:  # noqa: BLE001  (handed to the flow's thread, which raises it)
+                feed.finish(error=error)
+
+        runner = threading.Thread(target=reproduce, name="dvc-repro", daemon=True)
+        runner.start()
+        try:
+            for stage in feed.stages(before=log_line):
+                dvc_stage(stage, feed, always_changed)
+        except StageFailed:
+            pass  # the stage's task failed with DVC's error: retried below, or raised
+        except BaseException:
+            for stop in kill:  # cancelled, or the engine failed: no stage process outlives the run
+                stop()
+            raise
+        finally:
+            runner.join()
+        if feed.error is None:
+            break
+        if not (isinstance(feed.error, StageFailed) and feed.error.stage == RETRIED_STAGE and delay is not None):
+            raise feed.error
+        logger.warning("%s; `dvc repro` again in %d s (attempt %d of %d)", feed.error.summary, delay, attempt + 1,
+                       len(RETRY_DELAYS_S) + 1)
+        time.sleep(delay)
+    if feed.run.stale:
+        raise PipelineError(f"after `dvc repro`, `dvc status` still reports {', '.join(feed.run.stale)} as not up to "
                             "date: the results on disk do not match the pipeline")
-    return run.stages
+    return feed.run.stages
 
 
 def read_json(path: Path) -> dict | None:
@@ -93,13 +145,20 @@ def train_pipeline(project_dir: str = ".", device: str | None = None, target: st
     device: None keeps params.yaml's `train.device`; auto | cpu | cuda | mps sets it there first.
     target: stop after this stage (and what it needs), like `dvc repro <target>`.
     """
+    return run_pipeline(project_dir, device, target, timeout_s)
+
+
+def run_pipeline(project_dir: str = ".", device: str | None = None, target: str | None = None,
+                 timeout_s: float = 3600.0) -> dict:
+    """train_pipeline's work, in whichever flow run calls it: the retrain runs it in its own run, so that its
+    stage tasks and their lines (training's epochs) are in the retrain's log, which `--watch` follows."""
     logger = get_run_logger()
     project = Path(project_dir).resolve()
     if device is not None and set_device(project, device):
         logger.info("params.yaml: train.device is now %s", device)
 
     try:
-        results = dvc_repro(str(project), target, timeout_s)
+        results = dvc_repro(project, target, timeout_s)
     finally:  # a run the data checks blocked shows why, too
         publish_data_checks(project)
 

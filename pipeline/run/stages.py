@@ -13,12 +13,13 @@ from __future__ import annotations
 
 import json
 import os
+import queue
 import re
 import signal
 import subprocess
 import sys
 import threading
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -159,17 +160,21 @@ def _kill_group(process: subprocess.Popen) -> None:
 
 
 def stream(args: list[str], project: Path, log_line: Callable[[str], None], timeout_s: float,
-           what: str, extra_env: Mapping[str, str] | None = None) -> tuple[int, list[str]]:
+           what: str, extra_env: Mapping[str, str] | None = None, *,
+           on_start: Callable[[Callable[[], None]], None] | None = None) -> tuple[int, list[str]]:
     """Run `args` in `project` in a session of its own, handing each output line to `log_line`.
 
     This function enforces `timeout_s`: on expiry, or when the caller is cancelled, it kills the
-    whole process group, so no training process outlives the run.
+    whole process group, so no training process outlives the run. `on_start` is handed the killer,
+    for a caller that waits in another thread (the flow, reading the lines as they come).
     """
     process = subprocess.Popen(
         args, cwd=project, env=stage_env(extra_env), stdin=subprocess.DEVNULL,
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1,
         start_new_session=True,
     )
+    if on_start is not None:
+        on_start(lambda: _kill_group(process))
     lines: list[str] = []
 
     def pump() -> None:
@@ -233,7 +238,8 @@ class Run:
 
 
 def repro(project: Path, log_line: Callable[[str], None], timeout_s: float, target: str | None = None,
-          extra_env: Mapping[str, str] | None = None) -> Run:
+          extra_env: Mapping[str, str] | None = None, *,
+          on_start: Callable[[Callable[[], None]], None] | None = None) -> Run:
     """`dvc repro [target]` then `dvc status`: DVC decides every stage; returns what it did and what is stale."""
     # By path, not `-m`: the project's folder comes first on `-m`'s path, and the revision
     # checked out there (an old base, in a retrain) may not have this module.
@@ -247,7 +253,7 @@ def repro(project: Path, log_line: Callable[[str], None], timeout_s: float, targ
         if not status_begun:
             log_line(line)
 
-    returncode, lines = stream(args, project, log_repro_line, timeout_s, "dvc repro", extra_env)
+    returncode, lines = stream(args, project, log_repro_line, timeout_s, "dvc repro", extra_env, on_start=on_start)
     if STATUS_MARKER not in lines:
         raise failure(returncode, lines) if returncode != 0 else PipelineError(
             "`dvc repro` ended without reaching `dvc status`; its output:\n" + "\n".join(lines[-TAIL_LINES:]))
@@ -259,9 +265,74 @@ def repro(project: Path, log_line: Callable[[str], None], timeout_s: float, targ
     # An `always_changed` stage runs on every command (dvc.yaml's snapshot lists a folder): its rerun is no
     # change by itself; what it found that is new reruns the stages after it, and shows there.
     listing = always_changed_stages(project)
-    stages = [StageResult(stage.name, SKIPPED, "runs on every command (always_changed); changes show in the stages after it")
-              if stage.name in listing and stage.outcome == RAN else stage for stage in stages]
-    return Run(stages, parse_status(lines[split + 1:]))
+    return Run([as_decided(stage, listing) for stage in stages], parse_status(lines[split + 1:]))
+
+
+def as_decided(stage: StageResult, always_changed: set[str]) -> StageResult:
+    """An `always_changed` stage's rerun is no change by itself (see `repro`)."""
+    if stage.name in always_changed and stage.outcome == RAN:
+        return StageResult(stage.name, SKIPPED, "runs on every command (always_changed); changes show in the stages after it")
+    return stage
+
+
+def announced_stage(line: str) -> str | None:
+    """The stage a line of DVC's output announces a decision for ("Running stage 'x':", ...), or None."""
+    for pattern, _, _ in _OUTCOME_LINES:
+        match = pattern.match(line.strip())
+        if match:
+            return match["stage"]
+    return None
+
+
+class StageFeed:
+    """One `dvc repro`'s output as it streams, cut into each stage's lines at DVC's own announcements.
+
+    The reader thread `put`s lines and `finish`es; the flow's thread takes `stages()` in DVC's order
+    and, for each, `lines_of(stage)`: the announcement and every line up to the next stage's. DVC's
+    order and decisions are the only source: nothing here knows the graph.
+    """
+
+    _END = object()
+
+    def __init__(self) -> None:
+        self._lines: queue.Queue = queue.Queue()
+        self._held: str | None = None   # the next stage's announcement, read while finishing the current one
+        self.run: Run | None = None
+        self.error: BaseException | None = None
+
+    def put(self, line: str) -> None:
+        self._lines.put(line)
+
+    def finish(self, run: Run | None = None, error: BaseException | None = None) -> None:
+        self.run, self.error = run, error
+        self._lines.put(self._END)
+
+    def _next(self):
+        if self._held is not None:
+            line, self._held = self._held, None
+            return line
+        return self._lines.get()
+
+    def stages(self, before: Callable[[str], None]) -> Iterator[str]:
+        """Each stage DVC announces, in its order; lines before the first (or between, unclaimed) go to `before`."""
+        while (line := self._next()) is not self._END:
+            stage = announced_stage(line)
+            if stage is None:
+                before(line)
+                continue
+            self._held = line
+            yield stage
+        self._held = self._END
+
+    def lines_of(self, stage: str) -> Iterator[str]:
+        """The lines DVC printed for `stage`: up to its end, or to the announcement of another stage."""
+        while (line := self._next()) is not self._END:
+            other = announced_stage(line)
+            if other is not None and other != stage:
+                self._held = line
+                return
+            yield line
+        self._held = self._END
 
 
 def lock_md5(lock: Mapping | None, path: str) -> str | None:

@@ -75,6 +75,22 @@ def flow_artifacts(flow_run_id) -> dict[str, object]:
     return {artifact.key: artifact for artifact in artifacts}
 
 
+def stage_tasks(flow_run_id) -> list[tuple[str, str, list[str]]]:
+    """The flow run's task runs in the order they started: (name, state name, log lines)."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId, LogFilter, LogFilterTaskRunId
+    from prefect.client.schemas.sorting import LogSort
+    from prefect.logging.handlers import APILogWorker
+
+    APILogWorker.drain_all(timeout=30)  # logs are sent in batches: send this run's before reading them
+    with get_client(sync_client=True) as client:
+        runs = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])))
+        runs = sorted(runs, key=lambda run: run.start_time)
+        return [(run.name, run.state.name, [log.message for log in client.read_logs(
+                    log_filter=LogFilter(task_run_id=LogFilterTaskRunId(any_=[run.id])), sort=LogSort.TIMESTAMP_ASC)])
+                for run in runs]
+
+
 @pytest.mark.slow
 def test_flow_runs_every_stage_then_skips_them_and_leaves_git_clean(project, prefect_harness):
     from pipeline.run.flow import train_pipeline
@@ -82,19 +98,30 @@ def test_flow_runs_every_stage_then_skips_them_and_leaves_git_clean(project, pre
     state = train_pipeline(project_dir=str(project), return_state=True)
     assert state.is_completed(), state.message
     first = state.result()
+    decided = dict(first["stages"])  # in the order DVC named them
     # snapshot lists the data folder on every command (always_changed): never counted as a change itself.
     assert first["stages"].pop("snapshot") == SKIPPED
     assert set(first["stages"].values()) == {RAN}
     card = json.loads((project / "models/model.json").read_text())
     assert first["model_sha256"] == card["sha256"] and first["model_path"] == "models/model.pth"
+    # One task run per stage, in DVC's order, named after it, its state named after DVC's decision, its log DVC's lines.
+    tasks = stage_tasks(state.state_details.flow_run_id)
+    assert [(name, state_name) for name, state_name, _ in tasks] == [
+        (stage, outcome.capitalize()) for stage, outcome in decided.items()]
+    assert list(decided)[:3] == ["validate", "snapshot", "download"] and len(tasks) == 7
+    train_log = dict((name, log) for name, _, log in tasks)["train"]
+    assert train_log[0].startswith("Running stage 'train':") and any(line.startswith("> python -m classifier.train")
+                                                                      for line in train_log)
     artifacts = flow_artifacts(state.state_details.flow_run_id)
     assert {"metrics", "pipeline-run"} <= set(artifacts)
     assert "test.accuracy" in json.dumps(artifacts["metrics"].data)
     assert card["sha256"] in artifacts["pipeline-run"].data
     commit_all(project, "first run")
 
-    again = train_pipeline(project_dir=str(project))
+    again_state = train_pipeline(project_dir=str(project), return_state=True)
+    again = again_state.result()
     assert set(again["stages"].values()) == {SKIPPED} and again["changed"] == []
+    assert {state_name for _, state_name, _ in stage_tasks(again_state.state_details.flow_run_id)} == {"Skipped"}
     assert git(project, "status", "--porcelain") == ""  # a plain run writes no tracked file
 
     # Asking for a device class is a params change, and so part of DVC's cache key: train
