@@ -20,6 +20,7 @@ Failed is for errors only: a stage failed, or the champion could not be judged.
 from __future__ import annotations
 
 import json
+import subprocess
 import tempfile
 import uuid
 from datetime import datetime, timezone
@@ -46,7 +47,7 @@ from pipeline.retrain.pull_request import open_pull_request
 from pipeline.retrain.workspace import (
     RetrainError, check_push_access, close_workspace, dvc, git, has_dvc_remote, open_workspace, restore_outputs,
 )
-from pipeline.run.flow import train_pipeline
+from pipeline.run.flow import run_pipeline
 from pipeline.run.stages import StageFailed
 
 # The outcome's code: the result's `result` and the event's `outcome`, short and stable for an automation to
@@ -58,6 +59,8 @@ BLOCKED = "blocked"
 STATE_NAMES[BLOCKED] = "Blocked"
 NOTHING_RERAN = "no change: DVC reran and restored nothing, champion kept"
 SAME_MODEL = "no change: the retrained model is byte-identical to the champion, champion kept"
+SAME_AS_UNMERGED = ("no change: the retrained model is byte-identical to the one on {branch}, not merged yet; "
+                    "review and merge that branch (no second branch opened)")
 PROMOTED_EVENT, KEPT_EVENT = "classifier.model.promoted", "classifier.model.kept"
 # The published model, as dvc.lock records it: equal hashes mean nothing worth a branch.
 
@@ -77,6 +80,26 @@ def blocked_by_data_checks(workspace: Path, error: BaseException) -> str | None:
         return None
     line = blocking_line(report) if (report := read_report(workspace / DATA_CHECKS_PATH)) else None
     return f"blocked: {line}; champion kept" if line else None
+
+
+def unmerged_branch_with_same_model(workspace: Path, base: str, run_id: str | None) -> str | None:
+    """An earlier retrain branch, not merged into `base`, that already holds this model (same md5 in its dvc.lock):
+    a second branch with the same bytes would only be a second pull request to review. A retry of this same
+    flow run finds its own first attempt's branch, which is not "another"."""
+    mine = f"-{run_id.replace('-', '')[:12]}" if run_id else None
+    refs = git(workspace, "for-each-ref", "--sort=-committerdate", "--format=%(refname)",
+               "refs/heads/retrain/", "refs/remotes/origin/retrain/").split()
+    current = yaml.safe_load((workspace / LOCK_PATH).read_text())
+    for ref in refs:
+        name = ref.removeprefix("refs/heads/").removeprefix("refs/remotes/origin/")
+        if mine and name.endswith(mine):
+            continue
+        merged = subprocess.run(["git", "merge-base", "--is-ancestor", ref, base], cwd=workspace,
+                                capture_output=True).returncode == 0
+        lock = git_reader(workspace, ref)(LOCK_PATH)
+        if not merged and lock and same_published_model(yaml.safe_load(lock), current):
+            return name
+    return None
 
 
 def branch_name(workspace: Path, run_id: str | None) -> str:
@@ -148,6 +171,9 @@ def outcome(result: dict, base: str, decision: GateDecision | None = None, metri
         get_run_logger().warning("the %s event was not emitted: automations and notifications will not see "
                                  "this outcome", name)
     message = "; ".join(filter(None, (result["reason"], result.get("pull_request_note"))))
+    # The run's last lines, which `prefect deployment run ... --watch` and `prefect flow-run logs` end with.
+    get_run_logger().info("retrain %s: %s%s", STATE_NAMES[result["result"]].lower(),
+                          f"{result['branch']}: " if result["branch"] else "", message)
     return Completed(name=STATE_NAMES[result["result"]], message=message, data=result)
 
 
@@ -176,7 +202,7 @@ def retrain(repo: str = ".", base: str = "main", device: str | None = None, work
             check_push_access(workspace)
         restore_outputs(workspace, local_repo, logger)
         try:
-            run = train_pipeline(project_dir=str(workspace), device=device and trained_as(device), timeout_s=timeout_s)
+            run = run_pipeline(project_dir=str(workspace), device=device and trained_as(device), timeout_s=timeout_s)
         except StageFailed as error:
             reason = blocked_by_data_checks(workspace, error)
             if reason is None:
@@ -210,6 +236,13 @@ def retrain(repo: str = ".", base: str = "main", device: str | None = None, work
             logger.info("against the champion at %s, %s", champion.name, decision.reason)  # the reason says "not promoted"
             result = {"result": NOT_PROMOTED, "branch": None, "reason": decision.reason, "stages": run["stages"],
                       "champion_version": champion.version}
+            return outcome(result, base, decision)
+
+        waiting = unmerged_branch_with_same_model(workspace, base, flow_run.get_id())
+        if waiting is not None:
+            reason = SAME_AS_UNMERGED.format(branch=waiting)
+            result = {"result": NO_CHANGE, "branch": None, "reason": reason, "stages": run["stages"],
+                      "unmerged_branch": waiting}
             return outcome(result, base, decision)
 
         write_record(workspace, decision, test_split)

@@ -6,6 +6,7 @@ import json
 import os
 import signal
 import time
+from pathlib import Path
 
 import pytest
 
@@ -23,6 +24,11 @@ def test_deployments_run_on_a_real_worker_and_never_overlap(project, server, tmp
     for _ in range(2):  # `make deploy` twice: still one of each deployment and automation
         deployed = make_deploy(project, env)
         assert deployed.returncode == 0, deployed.stdout + deployed.stderr
+    # A line per deployment, Prefect's panels in a log; the worker to start said as this project starts it.
+    printed = deployed.stdout.splitlines()
+    assert len(printed) <= 20 and "make deploy:   retrain/retrain-cpu (pool cpu)" in printed, deployed.stdout
+    assert "make worker POOL=cpu; make worker POOL=gpu" in deployed.stdout and "prefect worker start --pool 'gpu'" not in deployed.stdout
+    assert "Deployment 'retrain/retrain-gpu' successfully" in (Path(env["PREFECT_HOME"]) / "deploy.log").read_text()
     for name in AUTOMATIONS:
         assert len(automations_named(api, name)) == 1, name
 

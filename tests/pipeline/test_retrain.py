@@ -4,6 +4,7 @@ nothing trained; each outcome announced by an event."""
 from __future__ import annotations
 
 import json
+import re
 import time
 from datetime import datetime, timedelta, timezone
 
@@ -11,9 +12,12 @@ import httpx
 import pytest
 
 from classifier.files import file_digest
-from pipeline.retrain.flow import KEPT_EVENT, NO_CHANGE, NOT_PROMOTED, PROMOTED_EVENT, SAME_MODEL, RetrainError, retrain
+from pipeline.retrain.flow import (
+    KEPT_EVENT, NO_CHANGE, NOT_PROMOTED, PROMOTED_EVENT, SAME_AS_UNMERGED, SAME_MODEL, RetrainError, retrain,
+)
 from pipeline.run.stages import RAN, RESTORED
 from tests.conftest import commit_all, dvc, git, write_params
+from tests.pipeline.test_flows import stage_tasks
 
 pytestmark = pytest.mark.slow
 
@@ -94,6 +98,33 @@ def test_a_better_model_is_committed_on_a_retrain_branch(champion, tmp_path, pre
     assert record["test_fingerprint"] == json.loads(git(champion, "show", "main:metrics/evaluation.json"))["test_fingerprint"]
     assert git(champion, "rev-parse", "main") == main_before
     assert git(champion, "status", "--porcelain") == status_before  # the user's checkout untouched
+    # The stages are the retrain run's own tasks (what `--watch` follows): training's epochs in its log, and the
+    # run's last line says the outcome and the branch.
+    tasks = stage_tasks(state.state_details.flow_run_id)
+    train_log = next(log for name, _, log in tasks if name == "train")
+    assert any(re.search(r"epoch 3/3", line) for line in train_log), train_log
+    assert any(line.startswith(f"retrain promoted: {branch}: promoted: ") for line in flow_logs(state)), flow_logs(state)
+
+    # Retrained again before that branch is merged, to the same bytes: no second branch, the first one named.
+    again = retrain(repo=str(champion), base="main", workspace_root=str(tmp_path / "ws"))
+    assert again["result"] == NO_CHANGE and again["branch"] is None and again["unmerged_branch"] == branch
+    assert again["reason"] == SAME_AS_UNMERGED.format(branch=branch)
+    assert retrain_branches(champion) == [branch]
+
+
+def flow_logs(state) -> list[str]:
+    """The messages the flow run itself logged (not its tasks), oldest first."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId, LogFilterTaskRunId
+    from prefect.client.schemas.sorting import LogSort
+    from prefect.logging.handlers import APILogWorker
+
+    APILogWorker.drain_all(timeout=30)
+    with get_client(sync_client=True) as client:
+        logs = client.read_logs(log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[state.state_details.flow_run_id]),
+                                                     task_run_id=LogFilterTaskRunId(is_null_=True)),
+                                sort=LogSort.TIMESTAMP_ASC)
+    return [log.message for log in logs]
 
 
 def test_a_worse_model_is_not_promoted_and_the_run_completes(champion, tmp_path, prefect_harness):

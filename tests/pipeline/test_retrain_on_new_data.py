@@ -82,6 +82,9 @@ def test_new_data_announced_retrains_rescoring_the_champion_on_the_new_test_spli
                             json={"deployments": {"id": {"any_": [deployment["id"]]}}})
             return runs[0]["id"] if runs else None
         flow_run = wait_for(triggered_run, "the triggered retrain", 120)
+        # It says what it started and where to watch it (issue 40.3).
+        assert "make data-updated: it triggered retrain/retrain-cpu: flow run '" in announced.stdout, announced.stdout
+        assert f"/runs/flow-run/{flow_run}" in announced.stdout and f"prefect flow-run logs {flow_run}" in announced.stdout
         state = final_state(api, flow_run, 600)
         assert state == "COMPLETED", (tmp_path / "worker.log").read_text()[-4000:]
         # Logs reach the server in batches, after the state that ends the run: wait for them before the
