@@ -60,7 +60,9 @@ def dvc_stage(stage: str, feed: StageFeed, always_changed: frozenset[str] = froz
     decided = as_decided(next(r for r in outcomes(lines) if r.name == stage), set(always_changed))
     if isinstance(feed.error, StageFailed) and feed.error.stage == stage:  # this stage's command failed
         raise feed.error
-    return Completed(name=STATE_NAMES[decided.outcome], message=decided.reason, data=decided)
+    # No data: Prefect links a later task's argument to an earlier task's result by the object's id, and a freed
+    # result's id, reused by the next stage's name, drew an arrow between stages that share nothing.
+    return Completed(name=STATE_NAMES[decided.outcome], message=decided.reason)
 
 
 def dvc_repro(project: Path, target: str | None, timeout_s: float) -> list[StageResult]:
