@@ -177,7 +177,7 @@ server: $(ENV)  ## start a Prefect server on PREFECT_HOST:PREFECT_PORT (default 
 	if [ -n "$$secret" ]; then export PREFECT_SERVER_API_AUTH_STRING="$$secret"; echo "make server: authentication on (clients need PREFECT_API_AUTH_STRING or $(PREFECT_AUTH_FILE))"; \
 	else unset PREFECT_SERVER_API_AUTH_STRING; fi; \
 	echo "make server: the UI, and the links runs print, at $(SERVER_URL) (SERVER_URL: give make worker, deploy, sweep and retrain the same)"; \
-	$(BIN)/python -m pipeline.server.local --held-port '$(PREFECT_PORT)' || exit 2; \
+	$(BIN)/python -m pipeline.server.local --held-port '$(PREFECT_PORT)' >/dev/null || exit 2; \
 	export PREFECT_SERVER_UI_API_URL='$(SERVER_URL)/api' PREFECT_UI_URL='$(SERVER_URL)'; \
 	if [ -n "$$PREFECT_API_DATABASE_CONNECTION_URL" ]; then \
 	found="$$($(BIN)/python -m pipeline.server.database upgrade)" || exit 2; echo "make server: $$found"; \

@@ -48,7 +48,7 @@ from pipeline.retrain.workspace import (
     RetrainError, check_push_access, close_workspace, dvc, git, has_dvc_remote, open_workspace, restore_outputs,
 )
 from pipeline.run.flow import run_pipeline
-from pipeline.run.stages import StageFailed
+from pipeline.run.stages import StageFailed, stage_env
 
 # The outcome's code: the result's `result` and the event's `outcome`, short and stable for an automation to
 # match (docs/retraining.md, "Outcomes, states and events"); the sentence is the `reason`.
@@ -94,7 +94,7 @@ def unmerged_branch_with_same_model(workspace: Path, base: str, run_id: str | No
         name = ref.removeprefix("refs/heads/").removeprefix("refs/remotes/origin/")
         if mine and name.endswith(mine):
             continue
-        merged = subprocess.run(["git", "merge-base", "--is-ancestor", ref, base], cwd=workspace,
+        merged = subprocess.run(["git", "merge-base", "--is-ancestor", ref, base], cwd=workspace, env=stage_env(),
                                 capture_output=True).returncode == 0
         lock = git_reader(workspace, ref)(LOCK_PATH)
         if not merged and lock and same_published_model(yaml.safe_load(lock), current):

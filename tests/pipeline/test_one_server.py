@@ -12,11 +12,12 @@ import os
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 
-from pipeline.server.local import _choose_port, stop_server
+from pipeline.server.local import _choose_port, held_port_problem, stop_server
 from tests.conftest import subprocess_env
 from tests.pipeline.prefect_server import api_call, free_port
 
@@ -39,6 +40,27 @@ def test_the_background_server_takes_the_configured_port_or_the_next_free_one():
         busy.listen()
         chosen = _choose_port(f"http://127.0.0.1:{port}/api", None)
         assert port < chosen <= port + 20  # never a random port: the next free one after the configured port
+
+
+@pytest.mark.skipif(not Path("/proc/self/cmdline").exists(), reason="reads the process's command line from /proc")
+def test_make_server_says_when_the_background_server_holds_its_port(tmp_path):
+    home = tmp_path / ".prefect"
+    home.mkdir()
+    # A live process that reads as a Prefect server, in the state file the background server writes.
+    process = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", "prefect", "server"])
+    try:
+        for _ in range(100):  # until the child has exec'd (its command line is ours until then)
+            if b"server" in Path(f"/proc/{process.pid}/cmdline").read_bytes().split(b"\0"):
+                break
+            time.sleep(0.1)
+        (home / "local-server.json").write_text(json.dumps({"url": "http://127.0.0.1:4321/api", "pid": process.pid}))
+        said = held_port_problem(home, 4321)
+        assert said and "already serves http://127.0.0.1:4321" in said and "make server-stop" in said
+        assert held_port_problem(home, 4200) is None  # another port: make server goes ahead
+    finally:
+        process.kill()
+        process.wait()
+    assert held_port_problem(home, 4321) is None  # that server is gone
 
 
 @pytest.mark.slow
