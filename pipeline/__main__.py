@@ -91,13 +91,17 @@ def params_problem(project: Path) -> str | None:
     return None
 
 
+# What Prefect's engine logs, with the traceback, when a task (a stage) or the flow fails.
+ENGINE_FAILURE_PHRASES = ("Finished in state", "Encountered exception", "Task run failed with")
+
+
 class EngineFailureFilter(logging.Filter):
     """Prefect's engine reports a failed task and flow with the exception and its traceback; the
     command prints that failure itself, once, at the end, so the terminal shows it once."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         return not (record.levelno >= logging.ERROR and record.name.startswith(("prefect.task_runs", "prefect.flow_runs"))
-                    and ("Finished in state" in record.getMessage() or "Encountered exception" in record.getMessage()))
+                    and any(phrase in record.getMessage() for phrase in ENGINE_FAILURE_PHRASES))
 
 
 def quiet_engine_failures() -> None:

@@ -196,14 +196,18 @@ def ensure_server(home: Path, say: Callable[[str], None]) -> str:
     configured = configured_url()
     with _locked(home):
         state = _read_state(home)
-        # make server's, or this project's own background server on that address; a busy machine's server may be
-        # slow to answer, and its port is taken: ask again, patiently, before starting a second one elsewhere.
         port = _port_of(configured) or 4200
-        if healthy(configured) or (not _port_free(port) and healthy(configured, timeout_s=BUSY_ANSWER_S)):
-            if not (state and state["url"] == configured):
-                say(f"using the Prefect server at {configured.removesuffix('/api')}")
-            return configured
-        if state and (healthy(state["url"]) or (_alive(state["pid"]) and healthy(state["url"], timeout_s=BUSY_ANSWER_S))):
+        # make server's, or this project's own background server on that address.
+        if healthy(configured):
+            return _use(configured, state, say)
+        own_up = bool(state) and healthy(state["url"])
+        if not own_up:
+            # A busy machine's server may be slow to answer: a taken port, or our own server's process alive, is
+            # asked again, patiently, before a second server is started elsewhere.
+            if not _port_free(port) and healthy(configured, timeout_s=BUSY_ANSWER_S):
+                return _use(configured, state, say)
+            own_up = bool(state) and _alive(state["pid"]) and healthy(state["url"], timeout_s=BUSY_ANSWER_S)
+        if own_up:
             served = ui_api_url(state["url"])
             if served == state["url"]:
                 return state["url"]
@@ -243,6 +247,13 @@ def ensure_server(home: Path, say: Callable[[str], None]) -> str:
             f"its UI: {url.removesuffix('/api')}")
         (home / STATE_FILE).write_text(json.dumps({"url": url, "pid": process.pid}) + "\n", encoding="utf-8")
         return url
+
+
+def _use(url: str, state: dict | None, say: Callable[[str], None]) -> str:
+    """`url` answers: make server's (said once per run), or the project's own there (said nothing)."""
+    if not (state and state["url"] == url):
+        say(f"using the Prefect server at {url.removesuffix('/api')}")
+    return url
 
 
 def _starting_what(log_path: Path) -> str:
