@@ -18,7 +18,7 @@ from pathlib import Path
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
-from prefect.states import Completed, State
+from prefect.states import Completed, Failed, State
 
 from classifier.data_checks import markdown as data_checks_markdown
 from classifier.data_checks import read_report
@@ -59,7 +59,8 @@ def dvc_stage(stage: str, feed: StageFeed, always_changed: frozenset[str] = froz
             logger.info("%s", line)
     decided = as_decided(next(r for r in outcomes(lines) if r.name == stage), set(always_changed))
     if isinstance(feed.error, StageFailed) and feed.error.stage == stage:  # this stage's command failed
-        raise feed.error
+        # A Failed state, not a raise: the flow raises DVC's error once, and the engine logs no traceback of it.
+        return Failed(message=feed.error.summary)
     # No data: Prefect links a later task's argument to an earlier task's result by the object's id, and a freed
     # result's id, reused by the next stage's name, drew an arrow between stages that share nothing.
     return Completed(name=STATE_NAMES[decided.outcome], message=decided.reason)
@@ -88,9 +89,7 @@ def dvc_repro(project: Path, target: str | None, timeout_s: float) -> list[Stage
         runner.start()
         try:
             for stage in feed.stages(before=log_line):
-                dvc_stage(stage, feed, always_changed)
-        except StageFailed:
-            pass  # the stage's task failed with DVC's error: retried below, or raised
+                dvc_stage(stage, feed, always_changed, return_state=True)  # a failed stage: feed.error, below
         except BaseException:
             for stop in kill:  # cancelled, or the engine failed: no stage process outlives the run
                 stop()
