@@ -1,6 +1,6 @@
 """`python -m pipeline.server.deploy` (`make deploy`): work pools, prefect.yaml's deployments and its automations.
 
-    python -m pipeline.server.deploy [--file prefect.yaml] [--log .prefect/deploy.log]
+    python -m pipeline.server.deploy [--file prefect.yaml] [--log .prefect/deploy.log] [--crash-after SECONDS]
 
 Against the server at PREFECT_API_URL: creates the work pools the deployments name when missing, runs
 `prefect --no-prompt deploy --all` (Prefect's own deploy: build steps, deployments, schedules, triggers) with its
@@ -23,7 +23,7 @@ from pathlib import Path
 
 import yaml
 
-from pipeline.server.automations import apply, load_automations
+from pipeline.server.automations import CRASH_AUTOMATION, apply, load_automations, with_crash_window
 
 REGISTERED = re.compile(r"Deployment '(?P<name>[^']+)' successfully (?P<how>created|updated)")
 DEPLOYING = re.compile(r"│ Deploying (?P<name>\S+)")
@@ -86,11 +86,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--file", type=Path, default=Path("prefect.yaml"), help="the prefect.yaml to deploy")
     parser.add_argument("--log", type=Path, default=None,
                         help="where Prefect's full output goes (default: $PREFECT_HOME/deploy.log, else .prefect/deploy.log)")
+    parser.add_argument("--crash-after", type=float, default=None, metavar="SECONDS",
+                        help=f"seconds without a heartbeat before {CRASH_AUTOMATION} marks a run Crashed "
+                             "(make deploy CRASH_AFTER=S; default: prefect.yaml's)")
     args = parser.parse_args(argv)
     log_path = args.log or Path(os.environ.get("PREFECT_HOME") or ".prefect") / "deploy.log"
     document = yaml.safe_load(args.file.read_text(encoding="utf-8")) or {}
     pools = pools_of(document.get("deployments") or [])
     automations = load_automations(args.file)  # a bad automation stops the deploy before anything changes
+    if args.crash_after is not None:
+        automations = with_crash_window(automations, args.crash_after)
     from prefect.settings import PREFECT_API_URL
 
     used = sorted({pool for pool in pools.values() if pool})
