@@ -158,15 +158,26 @@ def test_a_params_round_trip_ends_with_the_first_runs_results(reproduced_project
     assert json.loads((project / "models/model.json").read_text())["sha256"] == first_model
 
 
+def with_prepare_cmd(dvc_yaml: str, command: str) -> str:
+    """dvc.yaml's text with prepare's `cmd:` (a folded block since the data checks) replaced by `command`."""
+    replaced = re.sub(r"(?m)^(  prepare:\n(?:    #.*\n)*)    cmd: >-\n(?:      .*\n)+", lambda m: f"{m[1]}    cmd: {command}\n",
+                      dvc_yaml, count=1)
+    assert replaced != dvc_yaml, "prepare's cmd not found in dvc.yaml"
+    return replaced
+
+
+def test_the_prepare_stage_can_be_made_to_fail():
+    text = with_prepare_cmd((PROJECT_ROOT / "dvc.yaml").read_text(), "python -c \"import sys; sys.exit(3)\"")
+    assert yaml.safe_load(text)["stages"]["prepare"]["cmd"] == "python -c \"import sys; sys.exit(3)\""
+
+
 @pytest.mark.slow
 def test_a_failing_stage_fails_the_flow_and_later_stages_do_not_run(project, prefect_harness):
     from pipeline.run.flow import train_pipeline
 
     dvc_yaml = project / "dvc.yaml"
-    dvc_yaml.write_text(dvc_yaml.read_text().replace(
-        "cmd: python -m classifier.prepare data/raw data/prepared",
-        "cmd: python -c \"import sys; print('prepare blew up on purpose'); sys.exit(3)\"",
-    ))
+    dvc_yaml.write_text(with_prepare_cmd(dvc_yaml.read_text(),
+                                         "python -c \"import sys; print('prepare blew up on purpose'); sys.exit(3)\""))
     commit_all(project, "a prepare stage that fails")
     state = train_pipeline(project_dir=str(project), return_state=True)
     assert state.is_failed()
@@ -236,9 +247,8 @@ def test_make_run_starts_the_projects_server_once_and_says_what_it_produced(proj
 
         # A stage that fails: its own words in the log, one line at the end, its exit status.
         dvc_yaml = project / "dvc.yaml"
-        dvc_yaml.write_text(dvc_yaml.read_text().replace(
-            "cmd: python -m classifier.prepare data/raw data/prepared",
-            "cmd: python -c \"import sys; print('corrupt image x.png', file=sys.stderr); sys.exit(3)\""))
+        dvc_yaml.write_text(with_prepare_cmd(dvc_yaml.read_text(),
+                                             "python -c \"import sys; print('corrupt image x.png', file=sys.stderr); sys.exit(3)\""))
         failed = pipeline_command("run", home=home)
         assert failed.returncode == 3 and "Traceback" not in failed.stderr
         assert failed.stderr.splitlines()[-1] == "error: stage 'prepare' failed (exit 3): corrupt image x.png (its output is above)"
