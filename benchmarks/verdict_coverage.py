@@ -1,6 +1,7 @@
 """Do the verdicts' intervals cover the true change, and does the gate promote an equally good challenger?
 
     python benchmarks/verdict_coverage.py [--replications 2000] [--sizes 1051,10000] [--strict]
+    python benchmarks/verdict_coverage.py --part recipe [--seeds 3,5,10]
 
 Known paired populations, shaped like the default data: 10 classes, the champion right on 95.5%
 of test images (class difficulty from 0.5 to 1.5 times the mean), both models wrong on most of the
@@ -19,6 +20,17 @@ each is also run through `classifier.compare.gate` itself, whose intervals must 
 a markdown table: each interval's coverage (target >= 0.93 at alpha 0.05), the share promoted
 (target >= 0.90 where the change is 0) and the share whose verdict is *cannot tell*. `--strict`
 exits 1 on a missed target.
+
+`--part recipe` (also in the default `--part all`, after the model table): the recipe verdict's
+paired t interval over K training seeds (classifier.recipe). Known per-seed score populations:
+each recipe's score is its mean plus seed noise, a seed's base and head noise correlated (the same
+`train.seed` draws the same initial weights for the same architecture) or not, the noise *normal*
+(sd 0.008, as accuracy over seeds on the default data), *weak seed* (the same, and one seed in 8
+scoring 0.025 lower, as docs/retraining.md's eight seeds did) or *heavy-tailed* (Student's t with 3
+degrees of freedom). The true change is the difference of the population means. For K = 3, 5, 10
+(`--seeds`) it prints each interval's coverage (target >= 0.93 at alpha 0.05) and the share of
+verdicts that are *cannot tell*; the first replication of each row goes through
+`classifier.compare.judge_recipe` itself, whose interval must be the same.
 """
 
 from __future__ import annotations
@@ -32,7 +44,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from classifier.compare import gate
+from classifier.compare import gate, judge_recipe
 from classifier.gate_rule import gate_checks
 from classifier.intervals import accuracy_interval, macro_f1, macro_f1_interval, mean_interval
 from classifier.judgement import MetricVerdict
@@ -180,6 +192,63 @@ def measure(people: Population, n: int, replications: int, policy: CompareParams
             "promoted": promoted / replications, "cannot_tell": cannot_tell / replications}
 
 
+# The recipe part: per-seed noise of a score (sd), the shapes, correlations and true changes simulated.
+SEED_SD = 0.008
+SEED_SHAPES = ("normal", "weak seed", "heavy-tailed")
+SEED_CORRELATIONS = (0.0, 0.5)
+RECIPE_CHANGES = (0.0, -0.0125, -0.025)
+WEAK_SHARE, WEAK_DROP = 1 / 8, 0.025
+
+
+def seed_noise(rng: np.random.Generator, shape: str, size: tuple[int, ...]) -> np.ndarray:
+    """Per-seed deviations from a recipe's mean score, mean 0 (so the true change is the means' difference)."""
+    if shape == "normal":
+        return rng.normal(0.0, SEED_SD, size)
+    if shape == "weak seed":
+        weak = rng.random(size) < WEAK_SHARE
+        return rng.normal(0.0, SEED_SD, size) - WEAK_DROP * (weak - WEAK_SHARE)
+    return SEED_SD * rng.standard_t(3, size) / np.sqrt(3.0)  # t(3) scaled to sd SEED_SD
+
+
+def recipe_measure(shape: str, correlation: float, change: float, seeds: int, replications: int,
+                   policy: CompareParams, rng: np.random.Generator) -> dict:
+    """Coverage of the recipe interval of an accuracy change and the share judged *cannot tell*."""
+    shared = seed_noise(rng, shape, (replications, seeds))
+    own = [seed_noise(rng, shape, (replications, seeds)) for _ in range(2)]
+    # A seed's noise on each side: `correlation` of it shared (the same seed), the rest its own.
+    weight_shared, weight_own = np.sqrt(correlation), np.sqrt(1 - correlation)
+    base = BASE_ACCURACY + weight_shared * shared + weight_own * own[0]
+    head = BASE_ACCURACY + change + weight_shared * shared + weight_own * own[1]
+    low, high = mean_interval(head - base, 1 - policy.alpha)
+    first = pd.DataFrame({"seed": range(seeds), "accuracy": base[0], "macro_f1": base[0], "loss": 0.2})
+    judged = judge_recipe(first, first.assign(accuracy=head[0]), policy).metrics[0]
+    assert np.allclose((judged.low, judged.high), (low[0], high[0])), judged
+    min_effect = policy.min_effect.accuracy
+    cannot_tell = sum(metric_verdict("accuracy", lo, hi, min_effect).startswith("cannot tell")
+                      for lo, hi in zip(low, high))
+    return {"coverage": float(np.mean((low <= change) & (change <= high))), "cannot_tell": cannot_tell / replications}
+
+
+def recipe_table(seed_counts: list[int], replications: int, policy: CompareParams, rng: np.random.Generator) -> list[str]:
+    """Print the recipe interval's coverage table; returns the missed targets."""
+    print(f"\nRecipe verdict: {replications:,} replications per row; per-seed sd {SEED_SD:g}; accuracy "
+          f"min_effect {policy.min_effect.accuracy:g}\n")
+    print("| K seeds | noise | seed correlation | accuracy change | coverage | cannot tell |")
+    print("|--:|---|--:|--:|--:|--:|")
+    missed = []
+    for seeds in seed_counts:
+        for shape in SEED_SHAPES:
+            for correlation in SEED_CORRELATIONS:
+                for change in RECIPE_CHANGES:
+                    result = recipe_measure(shape, correlation, change, seeds, replications, policy, rng)
+                    print(f"| {seeds} | {shape} | {correlation:g} | {change:+.4f} | {result['coverage']:.3f} | "
+                          f"{result['cannot_tell']:.1%} |", flush=True)
+                    if result["coverage"] < COVERAGE_TARGET:
+                        missed.append(f"the recipe interval covers {result['coverage']:.3f} at K {seeds}, {shape}, "
+                                      f"correlation {correlation:g}, {change:+}")
+    return missed
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--replications", type=int, default=2000, help="test splits per cell (default: %(default)s)")
@@ -187,10 +256,28 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=20261206)
     parser.add_argument("--params", type=Path, default=PROJECT_ROOT / "params.yaml")
     parser.add_argument("--strict", action="store_true", help="exit 1 when a target is missed")
+    parser.add_argument("--part", choices=("all", "model", "recipe"), default="all",
+                        help="the model verdict's table, the recipe verdict's, or both (default: %(default)s)")
+    parser.add_argument("--seeds", default="3,5,10", help="the recipe part's seed counts K (default: %(default)s)")
+    parser.add_argument("--recipe-replications", type=int, default=20000,
+                        help="replications per row of the recipe part (default: %(default)s)")
     args = parser.parse_args(argv)
     policy = load_params(args.params).compare
     rng = np.random.default_rng(args.seed)
     started = time.perf_counter()
+    missed = []
+    if args.part in ("all", "model"):
+        missed += model_table(args, policy, rng)
+    if args.part in ("all", "recipe"):
+        missed += recipe_table([int(k) for k in args.seeds.split(",")], args.recipe_replications, policy, rng)
+    print(f"\n{time.perf_counter() - started:.0f} s")
+    for line in missed:
+        print(f"missed: {line}")
+    return 1 if missed and args.strict else 0
+
+
+def model_table(args, policy: CompareParams, rng: np.random.Generator) -> list[str]:
+    """Print the model verdict's coverage table; returns the missed targets."""
     print(f"{args.replications:,} replications per row; alpha {policy.alpha:g}; min_effect "
           f"{policy.min_effect.accuracy:g} / {policy.min_effect.macro_f1:g} / {policy.min_effect.loss:g}\n")
     print("| n | disagreements | accuracy change | accuracy | macro F1 | loss | promoted | cannot tell |")
@@ -206,10 +293,7 @@ def main(argv: list[str] | None = None) -> int:
                            if result[name] < COVERAGE_TARGET]
                 if change == 0 and result["promoted"] < PROMOTION_TARGET:
                     missed.append(f"{result['promoted']:.1%} of equally good challengers promoted at n {n}, {shape}")
-    print(f"\n{time.perf_counter() - started:.0f} s")
-    for line in missed:
-        print(f"missed: {line}")
-    return 1 if missed and args.strict else 0
+    return missed
 
 
 if __name__ == "__main__":

@@ -31,6 +31,10 @@ module (pandas, numpy, scipy.stats; no torch, git or DVC), gathered here:
   words as the report), `.best_accuracy` (the record to keep after this decision) and the numbers.
   Its non-inferiority is the report's `--fail-on-regression` pass, so a promoted challenger's pull
   request never fails it.
+- classifier.recipe: `judge_recipe(base_scores, head_scores, policy) -> RecipeJudgement`, the recipe
+  verdict: K training seeds per side, paired by seed, each metric's mean change with a paired t
+  interval, in the same words (`metric_verdict`, `overall`, and `headline` prints it); fewer than
+  MIN_SEEDS seeds refused (`seeds_problem`). `seed_scores(tables)` scores each seed's per-example table.
 """
 
 from __future__ import annotations
@@ -40,6 +44,9 @@ from classifier.intervals import accuracy_interval, macro_f1_interval, mcnemar_p
 from classifier.judgement import (
     POWER, Discordance, Interval, Judgement, MetricVerdict, Resolution, Results, cannot_judge, changes_by_verdict,
     discordance, headline, judge, judge_pair, paired_intervals, resolution,
+)
+from classifier.recipe import (
+    MIN_SEEDS, RecipeError, RecipeJudgement, RecipeMetric, judge_recipe, seed_scores, seeds_for, seeds_problem,
 )
 from classifier.tables import COLUMNS, PredictionsError, class_set, pairing_problem, point_metrics, read_predictions
 from classifier.verdicts import (
@@ -52,6 +59,7 @@ __all__ = [
     "NOT_COMPARABLE", "NO_CHANGE", "POWER", "REGRESSED", "SEVERITY", "Discordance", "GateDecision", "Interval",
     "Judgement", "MetricVerdict", "PredictionsError", "Resolution", "Results", "Verdict", "accuracy_interval",
     "cannot_judge", "changes_by_verdict", "class_set", "discordance", "exit_status", "gate", "gate_checks", "headline",
-    "judge", "judge_pair", "macro_f1_interval", "mcnemar_p", "mean_interval", "metric_verdict", "overall",
+    "judge", "judge_pair", "judge_recipe", "MIN_SEEDS", "RecipeError", "RecipeJudgement", "RecipeMetric",
+    "seed_scores", "seeds_for", "seeds_problem", "macro_f1_interval", "mcnemar_p", "mean_interval", "metric_verdict", "overall",
     "paired_intervals", "pairing_problem", "point_metrics", "read_predictions", "resolution",
 ]

@@ -37,3 +37,16 @@ def test_every_interval_covers_and_an_equally_good_challenger_is_promoted(shape,
             assert result["promoted"] >= 0.90, result
         else:
             assert result["promoted"] <= 0.10, result  # worse by min_effect: kept out
+
+
+@pytest.mark.parametrize("seeds", [3, 5, 10])
+def test_the_recipe_interval_covers_over_seeds(seeds, policy):
+    """The recipe verdict's paired t interval over K seeds (benchmarks/verdict_coverage.py --part recipe):
+    every noise shape, correlated seeds or not, covers the true change at least as often as the target."""
+    from benchmarks.verdict_coverage import COVERAGE_TARGET, SEED_CORRELATIONS, SEED_SHAPES, recipe_measure
+
+    rng = np.random.default_rng(41)
+    for shape in SEED_SHAPES:
+        for correlation in SEED_CORRELATIONS:
+            result = recipe_measure(shape, correlation, -0.0125, seeds, 4000, policy, rng)
+            assert result["coverage"] >= COVERAGE_TARGET, (shape, correlation, result)
