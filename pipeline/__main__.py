@@ -43,12 +43,14 @@ def connect(project: Path) -> bool:
     os.environ.setdefault("PREFECT_HOME", str(project / ".prefect"))
     for key, value in QUIET_DEFAULTS.items():
         os.environ.setdefault(key, value)
-    from pipeline.server.local import CredentialsRefused, LocalServerError, ensure_server, healthy, is_own_server
+    from pipeline.server.local import BUSY_ANSWER_S, CredentialsRefused, LocalServerError, ensure_server, healthy, is_own_server
 
     url = os.environ.get("PREFECT_API_URL")
     if url:
         try:
-            answers = healthy(url.rstrip("/"))
+            # Patiently: a down server refuses at once, while a live one can take seconds to answer its first
+            # requests (2.1 s measured for a freshly migrated PostgreSQL server under load).
+            answers = healthy(url.rstrip("/"), timeout_s=BUSY_ANSWER_S)
         except CredentialsRefused:
             raise SystemExit(f"error: the server refused the credentials: set PREFECT_API_AUTH_STRING to the auth string "
                              f"the Prefect server at PREFECT_API_URL={url} was started with (or put it in .prefect/auth "
