@@ -38,14 +38,14 @@ def emit() -> str:
 def started_runs(since: datetime, wait_s: float) -> list:
     """The deployment flow runs the server created after `since`, waiting up to `wait_s` for the first."""
     from prefect.client.orchestration import get_client
-    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterStartTime
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterExpectedStartTime
     from prefect.client.schemas.sorting import FlowRunSort
 
     deadline = time.monotonic() + wait_s
     with get_client(sync_client=True) as client:
         while True:
             runs = client.read_flow_runs(
-                flow_run_filter=FlowRunFilter(expected_start_time=FlowRunFilterStartTime(after_=since)),
+                flow_run_filter=FlowRunFilter(expected_start_time=FlowRunFilterExpectedStartTime(after_=since)),
                 sort=FlowRunSort.EXPECTED_START_TIME_DESC, limit=20)
             runs = [run for run in runs if run.deployment_id and run.created and run.created >= since]
             if runs or time.monotonic() > deadline:
