@@ -150,7 +150,9 @@ def test_a_params_round_trip_ends_with_the_first_runs_results(reproduced_project
 
     (project / "params.yaml").write_text(params)
     back = train_pipeline(project_dir=str(project))
-    assert back["stages"]["prepare"] == RESTORED
+    # prepare writes the git-tracked metrics/data_checks.json (cache: false), which DVC never serves from its
+    # run-cache: it reruns, to the same bytes; what follows it must still end with the first run's results.
+    assert back["stages"]["prepare"] in (RAN, RESTORED)
     assert {"train", "evaluate", "save"} <= set(back["changed"])
     # Nothing stale: DVC lists only the stage that runs on every command, as "always changed".
     assert json.loads(dvc(project, "status", "--json").stdout) == {"snapshot": ["always changed"]}

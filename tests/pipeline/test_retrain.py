@@ -170,7 +170,9 @@ def test_a_params_round_trip_is_a_change_even_when_dvc_restores_it_from_its_cach
     result = retrain(repo=str(champion), base="main", workspace_root=str(tmp_path / "ws"))
 
     assert result["result"] == "promoted"
-    assert result["stages"]["prepare"] == RESTORED
+    # prepare writes the git-tracked metrics/data_checks.json (cache: false), and DVC never serves a stage with
+    # an uncached output from its run-cache: it reruns to the same bytes. What follows it must run all the same.
+    assert result["stages"]["prepare"] in (RAN, RESTORED)
     assert {result["stages"][stage] for stage in ("train", "evaluate", "save")} <= {RAN, RESTORED}
 
 
