@@ -15,14 +15,13 @@ retrain ends `blocked`), `warn` (reported; a broken file is left out of the spli
 The champion's data is the data_checks.json committed at HEAD (in a retrain's workspace, the base's):
 its per-class counts. prepare writes the result to metrics/data_checks.json (git-tracked, no
 timestamps: the same data and params give the same bytes); `markdown` renders it for the run's Prefect
-artifact and the PR report. No torch, no scipy.stats import (a third of a second): the chi-square
-tail below is exact and checked against scipy's in tests/unit/test_data_checks.py.
+artifact and the PR report. No torch; scipy.stats (a third of a second to import) only when the
+class balance is tested.
 """
 
 from __future__ import annotations
 
 import json
-import math
 import subprocess
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
@@ -51,26 +50,6 @@ class Rejected:
     sha256: str
     kind: str
     message: str
-
-
-def chi_square_sf(statistic: float, dof: int) -> float:
-    """P(X >= statistic) for X chi-square with `dof` degrees of freedom: the regularised upper incomplete
-    gamma Q(dof/2, statistic/2) in its closed form for integer dof, summed in log space."""
-    if dof < 1:
-        raise ValueError("dof must be at least 1")
-    if statistic <= 0:
-        return 1.0
-    half = statistic / 2.0
-    if dof % 2 == 0:  # Q = e^-h * sum_{i < dof/2} h^i / i!
-        logs = [-half + i * math.log(half) - math.lgamma(i + 1) for i in range(dof // 2)]
-        base = 0.0
-    else:  # Q = erfc(sqrt h) + e^-h * sum_{i=1}^{(dof-1)/2} h^(i-1/2) / Gamma(i+1/2)
-        logs = [-half + (i - 0.5) * math.log(half) - math.lgamma(i + 0.5) for i in range(1, (dof - 1) // 2 + 1)]
-        base = math.erfc(math.sqrt(half))
-    if not logs:
-        return min(1.0, base)
-    top = max(logs)
-    return min(1.0, base + math.exp(top) * sum(math.exp(value - top) for value in logs))
 
 
 def _finding(policy: str, examples: Sequence[str], words: str, count: int | None = None) -> dict:
@@ -159,7 +138,9 @@ def _balance(counts: Mapping[str, int], reference: Mapping[str, int] | None, pol
     total = sum(observed)
     statistic = sum((o - total * s) ** 2 / (total * s) for o, s in zip(observed, expected_shares))
     dof = len(common) - 1
-    p_value = chi_square_sf(statistic, dof)
+    from scipy.stats import chi2  # only here: prepare pays for scipy.stats only when there is a balance to test
+
+    p_value = float(chi2.sf(statistic, dof))
     changes = sorted(((o / total - s, name, s, o / total) for o, s, name in zip(observed, expected_shares, common)),
                      key=lambda item: (-abs(item[0]), item[1]))
     _, name, before, now = changes[0]
