@@ -80,6 +80,10 @@ def test_register_names_each_new_model_once_and_the_champion_follows_gto(repo):
     assert "params changed since v0.1.0: train.epochs 1 -> 3" in message
     assert "verdict: better (accuracy +0.0100)" in message
     assert champion(repo).commit == second and latest(repo).version == "v0.2.0"
+    # GTO orders assignments by their tags' whole-second times: the second must not share the first's second.
+    times = [int(tag_time) for tag_time in git(repo, "tag", "--list", "--format=%(taggerdate:unix)",
+                                                 f"{ARTIFACT}#prod#1", f"{ARTIFACT}#prod#2").split()]
+    assert times[0] < times[1], times
 
     # A rollback is GTO's own assignment (--force: v0.1.0 held prod before); the tags' times order them.
     time.sleep(1.1)
