@@ -88,6 +88,14 @@ class TrainParams(Section):
     device: Literal["auto", "cpu", "cuda", "mps"]
     precision: Literal["fp32", "bf16"]
     checkpoint_every: int = Field(ge=1, le=10_000)
+    # The training seed (initial weights and shuffle order), apart from the top-level `seed` that
+    # fixes the split: `dvc exp run -S train.seed=3` retrains on the same split. Absent (None): the
+    # top-level seed, as before there was one, so an unchanged params.yaml trains the same bytes.
+    seed: int | None = Field(default=None, ge=0, le=2**32 - 1)
+
+    def seed_or(self, split_seed: int) -> int:
+        """The seed training draws from: its own, else the split's."""
+        return split_seed if self.seed is None else self.seed
 
 
 class SaveParams(Section):

@@ -4,7 +4,8 @@
         models/candidate-history.csv --resume-dir .cache/train-resume
 
 Deterministic on a given machine (same CPU, thread count and torch build): weights from
-`seed`, shuffle order from a generator seeded with `seed + epoch`. Writes the per-epoch
+the training seed (`train.seed`, else the top-level `seed` that also fixes the split), shuffle
+order from a generator seeded with that seed + epoch. Writes the per-epoch
 history (save publishes it as metrics/history.csv, which `dvc plots` draws), and the candidate model: its state_dict serialised exactly
 as save will publish it, and a JSON of the facts its model card needs, so that evaluate and
 save read small files and save never imports torch. The device is `train.device`.
@@ -264,8 +265,10 @@ def log_epoch(total_epochs: int) -> Callable[[EpochStats, float], None]:
 
 
 def trained_with(params) -> dict:
-    """The params a training run depends on: recorded in the checkpoint and the model card."""
-    return {"seed": params.seed, "model": params.model.model_dump(), "train": params.train.model_dump()}
+    """The params a training run depends on: recorded in the checkpoint and the model card.
+    `train.seed` only when set, so the card of a model trained without one reads as before."""
+    return {"seed": params.seed, "model": params.model.model_dump(),
+            "train": params.train.model_dump(exclude_none=True)}
 
 
 def resume_key(params, prepared_dir: Path, device: torch.device) -> str:
@@ -335,7 +338,8 @@ def main(argv: Sequence[str] | None = None) -> None:
 
     data = load_prepared(args.prepared_dir, ("train", "val"))
     train_split, val_split = (to_device(data.splits[name], device) for name in ("train", "val"))
-    torch.manual_seed(params.seed)
+    training_seed = params.train.seed_or(params.seed)
+    torch.manual_seed(training_seed)
     architecture = {
         "input_size": data.input_size,
         "hidden_sizes": list(params.model.hidden_sizes),
@@ -356,7 +360,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             history = restore(load_file(resume_path), model, optimizer, device)
             log.info("resuming from epoch %d of %d (%s)", len(history), params.train.epochs, resume_path)
 
-    history = fit(model, train_split, val_split, data.normalization, params.train, params.seed, device,
+    history = fit(model, train_split, val_split, data.normalization, params.train, training_seed, device,
                   optimizer, on_epoch=log_epoch(params.train.epochs), history=history,
                   on_checkpoint=(lambda done: save_atomically(state(done), resume_path)) if resume_path else None)
 

@@ -188,3 +188,36 @@ def test_checkpoints_are_offered_every_n_epochs_but_not_after_the_last():
         train_params(epochs=5, checkpoint_every=2), 0, torch.device("cpu"),
         on_checkpoint=lambda history: offered.append(len(history)))
     assert offered == [2, 4]
+
+
+def test_the_training_seed_moves_the_weights_and_leaves_the_split_seed_alone(tmp_path, default_params):
+    """train.main: an absent train.seed trains the bytes of train.seed == seed (main's models are
+    unchanged), another training seed other bytes; the card records train.seed only when set."""
+    import json
+
+    import yaml
+
+    from classifier import train
+    from classifier.prepare import write_prepared
+    from tests.conftest import tiny_images
+
+    splits = {name: tiny_images(count, seed) for name, count, seed in (("train", 60, 0), ("val", 20, 1), ("test", 20, 2))}
+    write_prepared(tmp_path / "prepared", splits, "mnist-5k")
+    default_params["model"]["hidden_sizes"] = [16]
+    default_params["train"].update(epochs=1, batch_size=16, device="cpu")
+
+    def trained(name: str, train_seed: int | None) -> tuple[bytes, dict]:
+        changed = {**default_params, "train": {**default_params["train"]}}
+        if train_seed is not None:
+            changed["train"]["seed"] = train_seed
+        (tmp_path / f"{name}.yaml").write_text(yaml.safe_dump(changed))
+        out = tmp_path / name
+        train.main(["--params", str(tmp_path / f"{name}.yaml"), str(tmp_path / "prepared"), str(out / "m.pth"),
+                    str(out / "m.json"), str(out / "h.csv")])
+        return (out / "m.pth").read_bytes(), json.loads((out / "m.json").read_text())
+
+    absent, absent_card = trained("absent", None)
+    same, same_card = trained("same", default_params["seed"])
+    other, _ = trained("other", default_params["seed"] + 1)
+    assert absent == same and absent != other
+    assert "seed" not in absent_card["params"]["train"] and same_card["params"]["train"]["seed"] == default_params["seed"]

@@ -45,6 +45,9 @@ def test_committed_params_are_valid(default_params):
         ("data.folder", "images$(touch pwned)", "must not hold '$'"),
         ("data.folder", "images`id`", "must not hold '`'"),
         ("data.folder", "images\\x", "must not hold '\\\\'"),
+        ("train.seed", -1, "greater than or equal to 0"),
+        ("train.seed", "3", "valid integer"),
+        ("train.seed", 2**32, "less than or equal to 4294967295"),
     ],
 )
 def test_bad_value_names_file_key_value_and_rule(default_params, key, value, rule):
@@ -113,3 +116,10 @@ def test_an_old_bases_resamples_is_accepted_whatever_its_value(default_params, r
     params = copy.deepcopy(default_params)
     params["compare"]["resamples"] = resamples
     assert validate_params(params).compare.min_effect.accuracy == default_params["compare"]["min_effect"]["accuracy"]
+
+
+def test_the_training_seed_defaults_to_the_split_seed(default_params):
+    assert "seed" not in default_params["train"]  # absent: main's models train as before there was one
+    params = validate_params(default_params)
+    assert params.train.seed is None and params.train.seed_or(params.seed) == params.seed
+    assert validate_params(with_change(default_params, "train.seed", 7)).train.seed_or(params.seed) == 7
