@@ -109,18 +109,21 @@ plots: $(ENV)  ## render dvc plots to dvc_plots/index.html
 BASE ?= main
 OUT ?= report
 REPORT_FLAGS ?=
+# SEEDS=K: also the recipe verdict, K training seeds of the base's params and K of the head's (docs/reports.md).
+SEEDS ?=
+SEEDS_FLAG = $(if $(strip $(SEEDS)),--seeds '$(SEEDS)')
 
 .PHONY: report pr-report pr-model pr-comment
 
 report: $(ENV)  ## report of the workspace against BASE (default main) in OUT/report.md (default report/)
-	$(BIN)/python -m pipeline.report --base '$(BASE)' --out '$(OUT)' $(REPORT_FLAGS)
+	$(BIN)/python -m pipeline.report --base '$(BASE)' --out '$(OUT)' $(SEEDS_FLAG) $(REPORT_FLAGS)
 
 # What CI runs (docs/reports.md, "In CI"): from a worktree of BASE (its code and policy), fetch the model the head's
 # dvc.lock records from the DVC cache or BASE's remote (or train it with the head's code), score it with BASE's evaluate
 # on BASE's test images, and judge that; exit 1 when the head may be worse by as much as matters, 2 when nothing could
 # be judged. make itself exits 2 for either: the report's own status is in $(OUT)/exit-status.
 pr-report: $(ENV)  ## judge CI's own scoring of the head's model against BASE, with BASE's code; fails on a regression
-	$(BIN)/python -m pipeline.report --base '$(BASE)' --out '$(OUT)' --check-head --fail-on-regression $(REPORT_FLAGS)
+	$(BIN)/python -m pipeline.report --base '$(BASE)' --out '$(OUT)' --check-head --fail-on-regression $(SEEDS_FLAG) $(REPORT_FLAGS)
 
 # The untrusted CI job's half (a fork's pull request): the head's code trains its model, which the trusted job scores.
 MODEL_OUT ?= pr-model

@@ -40,7 +40,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from classifier.cli import UserError, run
-from classifier.compare import exit_status, headline
+from classifier.compare import exit_status, headline, seeds_problem
 from classifier.files import atomic_write_text
 from pipeline.report.build import build_report
 from pipeline.report.changes import repo_root, resolve
@@ -64,7 +64,13 @@ def parse(argv: Sequence[str] | None) -> argparse.Namespace:
                         help="with --check-head: the head's model.pth, model.json and manifest.csv, trained by an untrusted "
                              "job (make pr-model); the head's code is then never run here")
     parser.add_argument("--repo", type=Path, help="the head's checkout (default: the current folder)")
-    return parser.parse_args(argv)
+    parser.add_argument("--seeds", type=int, metavar="K",
+                        help="also judge the recipe: K training seeds of the base's params and K of the head's, "
+                             "paired by seed (pipeline.report.recipe; K >= 3)")
+    args = parser.parse_args(argv)
+    if args.seeds is not None and (problem := seeds_problem(args.seeds)):
+        raise UserError(f"--seeds {args.seeds}: {problem}")  # before any work: nothing to judge with so few
+    return args
 
 
 def absolute(path: Path) -> Path:
@@ -105,7 +111,7 @@ def generate(argv: Sequence[str] | None) -> int:
     if args.check_head and not os.environ.get(BASE_TREE_ENV):
         return from_base(repo, args, argv)
 
-    problem, check, read_head, prepared = None, None, None, None
+    problem, check, read_head, prepared, tree = None, None, None, None, None
     scratch = Path(tempfile.mkdtemp(prefix="pr-report-"))
     try:
         if args.check_head:
@@ -122,6 +128,11 @@ def generate(argv: Sequence[str] | None) -> int:
             problem, prepared = check.problem, check.prepared
             read_head = judged_reader(repo, check.scored) if check.scored is not None and problem is None else None
         report = build_report(repo, args.base, out_dir, check.lines if check else None, read_head, prepared, problem)
+        if args.seeds is not None and problem is None:
+            from pipeline.report.recipe import recipe_section
+            report.recipe = recipe_section(repo, report.base_sha, report.policy, args.seeds, out_dir,
+                                           str(report.judgement.verdict), lambda line: print(line, file=sys.stderr, flush=True),
+                                           base_tree=tree if args.check_head else None, prepared=prepared)
         atomic_write_text(out_dir / "report.md", render_markdown(report))
         atomic_write_text(out_dir / "comment.md", render_markdown(report, inline_images=False, artifacts_url=args.artifacts_url))
     finally:

@@ -55,6 +55,7 @@ class Report:
     plots_html: str | None = None
     plots_problem: str | None = None
     head_check: list[str] | None = None  # CI's (--check-head): what is judged, what was pulled, checked, reproduced
+    recipe: object | None = None  # --seeds K: pipeline.report.recipe.RecipeSection, shown beside the verdict
 
 
 def _number(value: float | None) -> str:
@@ -155,6 +156,9 @@ def render_markdown(report: Report, inline_images: bool = True, artifacts_url: s
         lines += ["### What is judged", ""] + [f"- {line}" for line in report.head_check] + [""]
     lines += [f"> **Note:** {note}\n" for note in report.notes]
     lines += verdict_lines(report)
+    if report.recipe is not None:  # --seeds K (pipeline.report.recipe)
+        from pipeline.report.recipe import recipe_lines
+        lines += recipe_lines(report.recipe, inline_images, artifacts_url)
 
     lines += ["### Params", ""]
     if report.params_problem:
