@@ -67,6 +67,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     repo = args.work / "project"
     if not repo.exists():
+        args.work.mkdir(parents=True, exist_ok=True)
         sh(["git", "clone", "-q", str(PROJECT_ROOT), str(repo)], args.work)
         sh(["git", "config", "user.email", "bench@example.invalid"], repo)
         sh(["git", "config", "user.name", "bench"], repo)
