@@ -263,7 +263,7 @@ CHAMPION_DIR ?= champion
 register: $(ENV)  ## name BASE's model (default main) the next version classifier@vX.Y.0 and assign it prod, if it changed (PUSH=1: push the tags)
 	$(BIN)/python -m pipeline.registry register --rev '$(BASE)' $(if $(PUSH),--push)
 
-champion: $(ENV)  ## fetch the champion (classifier#prod, or VERSION=v0.1.0) into CHAMPION_DIR (default champion/) for python -m classifier.predict
+champion: $(ENV)  ## fetch the champion (classifier#prod, or VERSION=v0.1.0) into CHAMPION_DIR (default champion/) for python -m classifier.training.predict
 	$(BIN)/python -m pipeline.registry fetch --out '$(CHAMPION_DIR)' $(if $(VERSION),--version '$(VERSION)')
 
 # Benchmarks (docs/performance.md); not part of `make test`. BENCH_FLAGS=--quick for a smoke run.

@@ -5,7 +5,7 @@ the prepared data, judged by the retrain gate against each other.
 
 Trains `--models` models that differ only in their initial weights and shuffle order (torch seeds
 1000, 1001, ...; same split, same params.yaml otherwise, one thread), then runs
-`classifier.compare.gate` on every ordered pair under params.yaml's policy and each `--min-effect`
+`classifier.judging.compare.gate` on every ordered pair under params.yaml's policy and each `--min-effect`
 triple (accuracy, macro F1, loss), with `compare.keep_out_measurably_worse` off, as params.yaml
 sets it, and on every metric. The gate's non-inferiority is the report's own pass, so the share
 promoted is also the share whose pull request would pass `--fail-on-regression`. An equally good challenger should be promoted nearly always: the
@@ -29,12 +29,12 @@ import numpy as np
 import pandas as pd
 import torch
 
-from classifier.compare import METRICS, gate
-from classifier.data import load_prepared
-from classifier.evaluate import score
-from classifier.model import NeuralNetwork, logits_for
+from classifier.judging.compare import METRICS, gate
+from classifier.training.split import load_prepared
+from classifier.training.evaluate import score
+from classifier.training.model import NeuralNetwork, logits_for
 from classifier.params import CompareParams, load_params
-from classifier.train import fit
+from classifier.training.train import fit
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 HOST = torch.device("cpu")

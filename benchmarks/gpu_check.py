@@ -5,8 +5,8 @@
 
 In one run: (a) the PyTorch quickstart's loop on the same device (fp32, torchvision's MNIST
 class over IDX files, one timed epoch), then for each precision (fp32, bf16) and batch size
-(b) classifier.train.fit over a synthetic 60,000-image InMemorySplit resident on the device:
-on CUDA with Adam, the training step captured in a CUDA graph (classifier.train.CapturedSteps);
+(b) classifier.training.train.fit over a synthetic 60,000-image InMemorySplit resident on the device:
+on CUDA with Adam, the training step captured in a CUDA graph (classifier.training.train.CapturedSteps);
 the FLOP/s that implies, as a fraction of torch.mm's peak on a large square product and of
 torch.mm at the step's own GEMM shapes (the bound), and the device memory it peaked at.
 `--compile` adds (b) with the model wrapped in torch.compile(mode="reduce-overhead") and the
@@ -56,8 +56,8 @@ def fit_variant(images: int, batch_size: int, repeats: int, device_name: str, co
         return fit_samples_per_second(images, batch_size, repeats, device_name, **overrides)
     import torch
 
-    import classifier.train as train
-    from classifier import model as model_module
+    import classifier.training.train as train
+    from classifier.training import model as model_module
 
     plain_network, plain_captures = model_module.NeuralNetwork, train.captures_step
     train.captures_step = lambda device, train_params: False

@@ -146,7 +146,7 @@ def stage_commands(project: Path) -> dict[str, list[str]]:
 
 
 def module_of(command: list[str]) -> str | None:
-    """`python -m classifier.train ...` -> classifier.train; None for any other shape."""
+    """`python -m classifier.training.train ...` -> classifier.training.train; None for any other shape."""
     if len(command) >= 3 and Path(command[0]).name.startswith("python") and command[1] == "-m":
         return command[2]
     return None

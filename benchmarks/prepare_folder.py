@@ -4,7 +4,7 @@
 
 Writes the tree once into a temporary folder (not timed): MNIST-5k's 5,000 digits, each repeated
 with a different 1-pixel mark so that every file is a distinct image, one folder per digit. Then
-runs the three stages' commands as dvc.yaml chains them (`classifier.snapshot`, `.download`,
+runs the three stages' commands as dvc.yaml chains them (`classifier.data.snapshot`, `.download`,
 `.prepare` with an empty decoded cache), each a child process, three times, and reports the
 median wall time of the three together and the largest child's peak resident memory: every file
 read, hashed, packed and decoded. Targets (issues 11 and 32): at most 20 s, peak under 1 GB.
@@ -29,8 +29,8 @@ from PIL import Image
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
-from classifier.download import bundled_mnist_5k_path  # noqa: E402
-from classifier.prepare import read_mnist_5k  # noqa: E402
+from classifier.data.download import bundled_mnist_5k_path  # noqa: E402
+from classifier.data.prepare import read_mnist_5k  # noqa: E402
 
 TARGET_S, TARGET_MB = 20.0, 1024
 
@@ -53,9 +53,9 @@ def run_prepare(tree: Path, out: Path, params: Path) -> tuple[float, float]:
               "peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024; "
               "print(wall, peak); sys.exit(code)")
     listing, raw = out.with_name(f"{out.name}-listing.csv"), out.with_name(f"{out.name}-raw")
-    stages = [["classifier.snapshot", str(listing), "--folder", str(tree)],
-              ["classifier.download", str(raw), "--folder", str(tree), "--listing", str(listing)],
-              ["classifier.prepare", str(raw), str(out), "--decoded-cache", str(out.with_name(f"{out.name}-decoded"))]]
+    stages = [["classifier.data.snapshot", str(listing), "--folder", str(tree)],
+              ["classifier.data.download", str(raw), "--folder", str(tree), "--listing", str(listing)],
+              ["classifier.data.prepare", str(raw), str(out), "--decoded-cache", str(out.with_name(f"{out.name}-decoded"))]]
     wall, peak = 0.0, 0.0
     for stage in stages:
         result = subprocess.run([sys.executable, "-c", script, sys.executable, "-m", *stage, "--params", str(params)],

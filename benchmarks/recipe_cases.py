@@ -7,7 +7,7 @@ outputs check out instead of retraining) is the base; each case is a branch that
 (`train.epochs 10 -> 3`, `train.learning_rate 0.001 -> 0.0007`, `model.hidden_sizes [512, 512] ->
 [512]`, and none). For each, the report's recipe section (pipeline.report.recipe) trains the K seeds
 of each side that are not there yet, as DVC experiments (the base's once, for every case), and
-judges them; the model verdict (classifier.compare.judge_pair) is judged on each seed's pair of
+judges them; the model verdict (classifier.judging.compare.judge_pair) is judged on each seed's pair of
 models: what the report's verdict would read had both sides been trained with that seed. With
 unchanged params both sides are the same experiments, so the model verdict is taken between
 different seeds of the one recipe instead (seed 1 against 2, 2 against 3, ...): what a retrain of
@@ -26,7 +26,7 @@ from pathlib import Path
 
 import yaml
 
-from classifier.compare import headline, judge_pair, read_predictions
+from classifier.judging.compare import headline, judge_pair, read_predictions
 from classifier.params import load_params
 from pipeline.project import PARAMS_PATH, PREDICTIONS_PATH
 from pipeline.report.recipe import code_digest, found_experiments, recipe_key, recipe_of, recipe_section

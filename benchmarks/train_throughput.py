@@ -12,7 +12,7 @@ change Adam's: moments of units that get no gradient decay into subnormal floats
 
   (a) seed   the PyTorch quickstart: torchvision.datasets.MNIST (PIL image + ToTensor per
              item) read from IDX files, DataLoader(batch_size=B), the quickstart's train loop;
-  (b) fit    classifier.train.fit, called as the train stage calls it (InMemorySplit,
+  (b) fit    classifier.training.train.fit, called as the train stage calls it (InMemorySplit,
              Normalization, TrainParams), one epoch per repeat, first epoch discarded as warm-up;
   (c) bound  the GEMMs of one training step timed with torch.mm at the step's exact shapes
              and thread count (best of several timings): samples/s = batch / (sum of the GEMM times).
@@ -119,7 +119,7 @@ def seed_loop_samples_per_second(count: int, batch_size: int, repeats: int, opti
     from torchvision import datasets
     from torchvision.transforms import ToTensor
 
-    from classifier.model import NeuralNetwork
+    from classifier.training.model import NeuralNetwork
 
     images, labels = synthetic_set(count)
     with tempfile.TemporaryDirectory(prefix="seed-mnist-") as root:
@@ -180,7 +180,7 @@ def train_params_for(batch_size: int, epochs: int, device: str, optimizer_name: 
 
 def fit_samples_per_second(count: int, batch_size: int, repeats: int, device_name: str = "cpu",
                            optimizer_name: str = "adam", **param_overrides) -> dict:
-    """(b): classifier.train.fit over an InMemorySplit on `device_name`, repeats + 1 epochs.
+    """(b): classifier.training.train.fit over an InMemorySplit on `device_name`, repeats + 1 epochs.
 
     Each epoch's time is the interval between consecutive on_epoch calls, on our own clock:
     one training epoch plus validation of VAL_IMAGES images. Epoch 1 is the warm-up. fit's own
@@ -188,9 +188,9 @@ def fit_samples_per_second(count: int, batch_size: int, repeats: int, device_nam
     """
     import torch
 
-    from classifier.data import InMemorySplit, Normalization
-    from classifier.model import NeuralNetwork
-    from classifier.train import fit
+    from classifier.training.split import InMemorySplit, Normalization
+    from classifier.training.model import NeuralNetwork
+    from classifier.training.train import fit
 
     device = torch.device(device_name)
     images, labels = synthetic_set(count)
@@ -274,10 +274,10 @@ def profile_fit(count: int, batch_size: int, optimizer_name: str = "adam") -> di
     import torch
     from torch.profiler import ProfilerActivity, profile
 
-    from classifier.data import InMemorySplit, Normalization
-    from classifier.model import NeuralNetwork
+    from classifier.training.split import InMemorySplit, Normalization
+    from classifier.training.model import NeuralNetwork
     from classifier.params import TrainParams
-    from classifier.train import fit
+    from classifier.training.train import fit
 
     images, labels = synthetic_set(count)
     val_images, val_labels = synthetic_set(VAL_IMAGES, seed=1)

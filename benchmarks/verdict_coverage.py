@@ -13,16 +13,16 @@ without bias between equally good models; an image that changes sides moves from
 about 1.9. The true change of each metric is computed from the population, not sampled.
 
 For each population and test-split size (`--sizes`), `--replications` test splits are drawn, both
-models' per-example tables judged with the intervals `classifier.judgement.paired_intervals` uses
+models' per-example tables judged with the intervals `classifier.judging.judgement.paired_intervals` uses
 (called on arrays of replications at once) and decided with the gate's own checks
-(`classifier.gate_rule.gate_checks`) under params.yaml's `compare` policy; the first replication of
-each is also run through `classifier.compare.gate` itself, whose intervals must be the same. Prints
+(`classifier.judging.gate_rule.gate_checks`) under params.yaml's `compare` policy; the first replication of
+each is also run through `classifier.judging.compare.gate` itself, whose intervals must be the same. Prints
 a markdown table: each interval's coverage (target >= 0.93 at alpha 0.05), the share promoted
 (target >= 0.90 where the change is 0) and the share whose verdict is *cannot tell*. `--strict`
 exits 1 on a missed target.
 
 `--part recipe` (also in the default `--part all`, after the model table): the recipe verdict's
-paired t interval over K training seeds (classifier.recipe). Known per-seed score populations:
+paired t interval over K training seeds (classifier.judging.recipe). Known per-seed score populations:
 each recipe's score is its mean plus seed noise, a seed's base and head noise correlated (the same
 `train.seed` draws the same initial weights for the same architecture) or not, the noise *normal*
 (sd 0.008, as accuracy over seeds on the default data), *weak seed* (the same, and one seed in 8
@@ -30,7 +30,7 @@ scoring 0.025 lower, as docs/retraining.md's eight seeds did) or *heavy-tailed* 
 degrees of freedom). The true change is the difference of the population means. For K = 3, 5, 10
 (`--seeds`) it prints each interval's coverage (target >= 0.93 at alpha 0.05) and the share of
 verdicts that are *cannot tell*; the first replication of each row goes through
-`classifier.compare.judge_recipe` itself, whose interval must be the same.
+`classifier.judging.compare.judge_recipe` itself, whose interval must be the same.
 """
 
 from __future__ import annotations
@@ -44,12 +44,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from classifier.compare import gate, judge_recipe
-from classifier.gate_rule import gate_checks
-from classifier.intervals import accuracy_interval, macro_f1, macro_f1_interval, mean_interval
-from classifier.judgement import MetricVerdict
+from classifier.judging.compare import gate, judge_recipe
+from classifier.judging.gate_rule import gate_checks
+from classifier.judging.intervals import accuracy_interval, macro_f1, macro_f1_interval, mean_interval
+from classifier.judging.judgement import MetricVerdict
 from classifier.params import CompareParams, load_params
-from classifier.verdicts import METRICS, metric_verdict, overall
+from classifier.judging.verdicts import METRICS, metric_verdict, overall
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 CLASSES = 10

@@ -3,7 +3,7 @@
 Floating-point training is reproducible on one machine (same CPU, threads, torch build), not
 across machines: another CPU's SIMD kernels sum in another order, so a fresh clone retrains a
 slightly different model. Whether that matters is a question for the same paired statistics
-the pull-request report uses (classifier.compare, under HEAD's `compare` policy), not for a
+the pull-request report uses (classifier.judging.compare, under HEAD's `compare` policy), not for a
 hash: the answer is one of *same bytes*, *reproduces the committed results within noise* (nothing
 detected, and nothing as large as matters could hide), *differs from the committed results* (a change
 detected, with its verdict), *may differ ..., this test set cannot tell*, or *not comparable*, with its numbers.
@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from classifier.compare import NO_CHANGE, SEVERITY, headline, judge
+from classifier.judging.compare import NO_CHANGE, SEVERITY, headline, judge
 from pipeline.project import MODEL_PATH
 from pipeline.results import (ResultsError, compare_policy, git_reader, read_snapshot, same_published_model,
                               workspace_reader)

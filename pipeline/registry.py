@@ -265,7 +265,7 @@ def _wait_past_the_last_assignment(repo: Path) -> None:
 
 def fetch(repo: Path, out: Path, version: str | None = None) -> Version:
     """The champion (or `version`) into `out`: model.pth through `dvc artifacts get`, and its card beside it
-    (`dvc get` at the same tag), so `python -m classifier.predict OUT/model.pth image.png` runs with it."""
+    (`dvc get` at the same tag), so `python -m classifier.training.predict OUT/model.pth image.png` runs with it."""
     chosen = _version(repo, f"{ARTIFACT}@{version}") if version else champion(repo)
     if chosen is None:
         wanted = f"{ARTIFACT}@{version}" if version else f"{ARTIFACT}#{STAGE}"
@@ -310,7 +310,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                   "committed model")
         else:
             chosen = fetch(repo, args.out, args.version)
-            print(f"{chosen.describe()} in {args.out}/: python -m classifier.predict {args.out}/model.pth IMAGE.png")
+            print(f"{chosen.describe()} in {args.out}/: python -m classifier.training.predict {args.out}/model.pth IMAGE.png")
     except RegistryError as error:
         print(f"registry: {error}", file=sys.stderr)
         return 1

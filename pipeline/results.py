@@ -4,7 +4,7 @@ The pull-request report and the retrain gate both judge a revision by what evalu
 wrote beside the code (metrics, per-example predictions, the test split's fingerprint, per-class
 scores, history), by the dvc.lock that made them and by the `compare` policy in its params.yaml.
 This module reads those files, from `git show <sha>:<path>` or from the workspace, into one
-`Snapshot`; judging is classifier.compare, and what a pull request changed is pipeline.report.
+`Snapshot`; judging is classifier.judging.compare, and what a pull request changed is pipeline.report.
 
 No Prefect and no torch: pandas, PyYAML and git.
 """
@@ -23,7 +23,7 @@ import pandas as pd
 import yaml
 
 from classifier.cli import UserError
-from classifier.compare import PredictionsError, Results, read_predictions
+from classifier.judging.compare import PredictionsError, Results, read_predictions
 from classifier.params import CompareParams
 from pipeline.run.stages import lock_md5, stage_env
 

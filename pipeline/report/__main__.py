@@ -18,7 +18,7 @@ code of the head runs here; `--repo` names the head's checkout when it is not th
 
 Exit status: 0 report written; with --fail-on-regression, 1 when the head may be worse by as much
 as matters (the verdict is *worse by more than matters*, *worse, perhaps by enough to matter*, or
-*cannot tell* with a worsening that matters inside the interval; classifier.compare.Verdict.fails),
+*cannot tell* with a worsening that matters inside the interval; classifier.judging.compare.Verdict.fails),
 and 2 when nothing could be judged (*not comparable*: different test sets, or the head trained on
 the base's test images; *could not judge*: the base is not in the clone, or its results or policy
 cannot be read; with --check-head, results the head committed that are not its model's, or no model
@@ -40,7 +40,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from classifier.cli import UserError, run
-from classifier.compare import exit_status, headline, seeds_problem
+from classifier.judging.compare import exit_status, headline, seeds_problem
 from classifier.files import atomic_write_text
 from pipeline.report.build import build_report
 from pipeline.report.changes import repo_root, resolve

@@ -1,9 +1,9 @@
 """The pull-request report's content: both revisions gathered, judged and drawn into a `Report`.
 
 The base is read from git (pipeline.results: metrics, per-example results and params are
-git-tracked), the head is the workspace. Judging is classifier.compare, under the BASE's
+git-tracked), the head is the workspace. Judging is classifier.judging.compare, under the BASE's
 `compare` policy; what git and DVC say changed is pipeline.report.changes; the images are
-pipeline.report.plots and, for the pictures of flipped test images, classifier.flips in a
+pipeline.report.plots and, for the pictures of flipped test images, classifier.training.flips in a
 subprocess (torch stays out of pipeline/). The markdown is pipeline.report.render.
 """
 
@@ -17,8 +17,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from classifier.compare import NOT_COMPARABLE, cannot_judge, judge, pairing_problem
-from classifier.data_checks import read_report, report_note
+from classifier.judging.compare import NOT_COMPARABLE, cannot_judge, judge, pairing_problem
+from classifier.data.checks import read_report, report_note
 from pipeline.project import (
     EVALUATION_PATH, LOCK_PATH, METRICS_PATH, MODEL_PATH, PARAMS_PATH, PREDICTIONS_PATH, PREPARED_PATH,
 )
@@ -59,12 +59,12 @@ def flipped(base: pd.DataFrame, head: pd.DataFrame) -> dict[str, pd.DataFrame]:
 
 
 def draw_flips(prepared: Path, rows: pd.DataFrame, fingerprint: str, path: Path) -> str | None:
-    """The picture of `rows`' test images, drawn by classifier.flips (torch stays out of pipeline/);
+    """The picture of `rows`' test images, drawn by classifier.training.flips (torch stays out of pipeline/);
     returns why there is none, or None."""
     with tempfile.TemporaryDirectory() as scratch:
         flips_csv = Path(scratch) / "flips.csv"
         rows.head(MAX_FLIPS_SHOWN).to_csv(flips_csv, index=False)
-        drawn = subprocess.run([sys.executable, "-P", "-m", "classifier.flips", str(prepared), str(flips_csv),
+        drawn = subprocess.run([sys.executable, "-P", "-m", "classifier.training.flips", str(prepared), str(flips_csv),
                                 fingerprint, str(path)], cwd=scratch, capture_output=True, text=True)
     if drawn.returncode != 0:
         return (drawn.stderr.strip().splitlines() or [f"exit {drawn.returncode}"])[-1].removeprefix("error: ")
@@ -151,7 +151,7 @@ def build_report(repo: Path, base_name: str, out_dir: Path, head_check: list[str
         except ResultsError as error:
             notes.append(f"The base's results cannot be read, so nothing was judged: {error}")
     judgement, policy = judge_snapshots(base, head, base_where, notes)
-    # issue 43: the head's data checks before training, when they found anything (classifier.data_checks).
+    # issue 43: the head's data checks before training, when they found anything (classifier.data.checks).
     notes += filter(None, [report_note(read_report(repo / "metrics/data_checks.json"))])
     if problem is not None:  # CI's check of the head found something: its numbers are shown, never judged
         judgement, policy = cannot_judge(head.predictions, problem), None

@@ -3,7 +3,7 @@ model's hash at each side, the `dvc plots diff` page; and the git questions the 
 (the repository's root, a revision's commit, what is uncommitted).
 
 Everything of the report that runs `git` or `dvc` lives here; a revision's results are read by
-pipeline.results, judging is classifier.compare, and the markdown is pipeline.report.render.
+pipeline.results, judging is classifier.judging.compare, and the markdown is pipeline.report.render.
 """
 
 from __future__ import annotations

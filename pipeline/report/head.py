@@ -14,8 +14,8 @@ so none of them is believed. In order:
    over (`--handed-over DIR`: its model.pth, model.json and data/prepared/manifest.csv); a trusted
    run never runs the head's code;
 3. leakage: a base test image (by content hash) in the head's train or validation split makes the
-   two not comparable (classifier.leakage, the one rule);
-4. scoring: the base's `classifier.evaluate` (the base's worktree first on PYTHONPATH) scores the
+   two not comparable (classifier.data.leakage, the one rule);
+4. scoring: the base's `classifier.training.evaluate` (the base's worktree first on PYTHONPATH) scores the
    head's model, loaded weights-only, on the base's test images; these are the results judged;
 5. the head's committed predictions against CI's own: where the scored model is the published one they
    are the results of, any difference means the committed results are not this model's (exit 2), never judged.
@@ -39,7 +39,7 @@ import pandas as pd
 import yaml
 
 from classifier.files import file_digest
-from classifier.leakage import leaked_between
+from classifier.data.leakage import leaked_between
 from pipeline.project import (
     EVALUATION_PATH, LOCK_PATH, METRICS_PATH, MODEL_CARD_PATH, MODEL_PATH, PER_CLASS_PATH, PREDICTIONS_PATH,
     PREPARED_PATH,
@@ -228,10 +228,10 @@ def base_test_images(tree: Path, log: Callable[[str], None]) -> tuple[Path | Non
 
 
 def score(tree: Path, prepared: Path, model: Path, card: Path, out: Path) -> str | None:
-    """The base's `classifier.evaluate` (the base's `src/` first on PYTHONPATH, which wins over the editable
+    """The base's `classifier.training.evaluate` (the base's `src/` first on PYTHONPATH, which wins over the editable
     install) scores `model` on `prepared`'s test split into out/metrics/...; None, or why it could not."""
     paths = [out / name for name in SCORED]
-    done = subprocess.run([sys.executable, "-P", "-m", "classifier.evaluate", str(prepared), str(model), str(card),
+    done = subprocess.run([sys.executable, "-P", "-m", "classifier.training.evaluate", str(prepared), str(model), str(card),
                            *map(str, paths)], cwd=tree, capture_output=True, text=True,
                           env=stage_env({"PYTHONPATH": str(tree / "src")}))
     if done.returncode != 0:

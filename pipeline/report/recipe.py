@@ -1,5 +1,5 @@
 """The report's "Recipe (K seeds)" section: the base's params and the head's, each trained with the
-training seeds 1..K on the same split, judged seed by seed (classifier.compare.judge_recipe).
+training seeds 1..K on the same split, judged seed by seed (classifier.judging.compare.judge_recipe).
 
     python -m pipeline.report --base main --seeds 5      (make pr-report SEEDS=5)
 
@@ -13,8 +13,8 @@ clone's `refs/exps` or, fetched first, the git origin's (`dvc exp push origin` s
 The tables judged are each experiment's committed `metrics/predictions.csv`.
 
 In CI (`--check-head`, `make pr-report SEEDS=K`) nothing of the pull request runs and nothing it could
-have written is read: each seed is trained here by the BASE's `classifier.train` and scored by its
-`classifier.evaluate` (the base's worktree first on PYTHONPATH) on the base's prepared data, from each
+have written is read: each seed is trained here by the BASE's `classifier.training.train` and scored by its
+`classifier.training.evaluate` (the base's worktree first on PYTHONPATH) on the base's prepared data, from each
 side's `params.yaml` with `train.seed` set (the base's params code validates the head's); no experiment
 is looked up or fetched, since a contributor can push refs. A head recipe that changes the split
 (`seed`, `data`) is not judged there: both sides train on the base's split.
@@ -43,7 +43,7 @@ from pathlib import Path
 import pandas as pd
 import yaml
 
-from classifier.compare import (
+from classifier.judging.compare import (
     HIGHER_IS_BETTER, LABELS, RecipeError, RecipeJudgement, changes_by_verdict, judge_recipe, read_predictions,
     seed_scores, seeds_for, seeds_problem,
 )
@@ -180,8 +180,8 @@ def run_on_workers(repo: Path, key: str, changes: Sequence[str], seeds: Sequence
 
 def train_with_base_code(tree: Path, prepared: Path, params: Mapping, seeds: Sequence[int], label: str,
                          scratch: Path, say: Callable[[str], None]) -> tuple[dict[int, pd.DataFrame], set[str]]:
-    """CI's own trainings: `params` with each `train.seed`, trained by the base's `classifier.train` on the
-    base's `prepared` data and scored by the base's `classifier.evaluate`; each seed's per-example table and
+    """CI's own trainings: `params` with each `train.seed`, trained by the base's `classifier.training.train` on the
+    base's `prepared` data and scored by the base's `classifier.training.evaluate`; each seed's per-example table and
     the test fingerprints they were scored on."""
     tables, fingerprints = {}, set()
     env = stage_env({"PYTHONPATH": str(tree / "src")})
@@ -198,14 +198,14 @@ def train_with_base_code(tree: Path, prepared: Path, params: Mapping, seeds: Seq
             if " epoch " in line:
                 say(f"recipe:   {label} seed {seed}: {line.strip()}")
 
-        code, lines = stream([sys.executable, "-P", "-m", "classifier.train", str(prepared), str(model), str(card),
+        code, lines = stream([sys.executable, "-P", "-m", "classifier.training.train", str(prepared), str(model), str(card),
                               str(history), "--params", str(where / PARAMS_PATH)], tree, show, TRAINING_TIMEOUT_S,
                              "train", {"PYTHONPATH": str(tree / "src")})
         if code != 0:
             raise RecipeError(f"the {label}'s training with seed {seed} failed (the base's train, exit {code}): "
                               + " | ".join(lines[-3:]))
         scored = [where / name for name in ("metrics.json", "evaluation.json", "predictions.csv", "per_class.csv")]
-        done = subprocess.run([sys.executable, "-P", "-m", "classifier.evaluate", str(prepared), str(model), str(card),
+        done = subprocess.run([sys.executable, "-P", "-m", "classifier.training.evaluate", str(prepared), str(model), str(card),
                                *map(str, scored)], cwd=tree, capture_output=True, text=True, env=env)
         if done.returncode != 0:
             raise RecipeError(f"the {label}'s seed {seed} could not be scored (the base's evaluate, exit "

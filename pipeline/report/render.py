@@ -6,7 +6,7 @@ import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from classifier.compare import HIGHER_IS_BETTER, MEANING, NOT_COMPARABLE, Judgement, changes_by_verdict
+from classifier.judging.compare import HIGHER_IS_BETTER, MEANING, NOT_COMPARABLE, Judgement, changes_by_verdict
 from classifier.params import CompareParams
 from pipeline.project import MODEL_PATH, PARAMS_PATH
 from pipeline.report.changes import ModelHash, ParamChange, StageChange

@@ -33,8 +33,8 @@ from prefect.events import emit_event
 from prefect.runtime import flow_run
 from prefect.states import Completed, State
 
-from classifier.compare import GateDecision, headline
-from classifier.data_checks import blocking_line, read_report
+from classifier.judging.compare import GateDecision, headline
+from classifier.data.checks import blocking_line, read_report
 
 from pipeline.device import check_device, require_device, trained_as
 from pipeline.project import DATA_CHECKS_PATH, LOCK_PATH, METRICS_PATH, PARAMS_PATH
@@ -165,7 +165,7 @@ def outcome(result: dict, base: str, decision: GateDecision | None = None, metri
     if "pull_request" in result:  # a promotion's: its URL, or None (the state message says how to open one)
         payload["pull_request"] = result["pull_request"]
     name = PROMOTED_EVENT if result["branch"] else KEPT_EVENT
-    emitted = emit_event(event=name, resource={"prefect.resource.id": "classifier.model", "classifier.base": base,
+    emitted = emit_event(event=name, resource={"prefect.resource.id": "classifier.training.model", "classifier.base": base,
                                                "classifier.branch": result["branch"] or ""}, payload=payload)
     if emitted is None:  # Prefect logs why and carries on: say what an automation will not see
         get_run_logger().warning("the %s event was not emitted: automations and notifications will not see "

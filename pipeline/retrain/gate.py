@@ -1,4 +1,4 @@
-"""The retrain gate's inputs and record: what `classifier.compare.gate` judges, read from git.
+"""The retrain gate's inputs and record: what `classifier.judging.compare.gate` judges, read from git.
 
 The champion is the registry's (pipeline.registry): the commit of the version GTO shows in
 `classifier#prod`, or BASE's where nothing is registered yet; so `gto assign ... --stage prod` rolls
@@ -28,7 +28,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from classifier.compare import MEANING, GateDecision, Results, gate, headline, read_predictions
+from classifier.judging.compare import MEANING, GateDecision, Results, gate, headline, read_predictions
 from classifier.files import file_digest
 from pipeline.project import MODEL_CARD_PATH, MODEL_PATH, PARAMS_PATH, PREPARED_PATH, lookup
 from pipeline.registry import ARTIFACT, STAGE, RegistryError, champion as registered_champion
@@ -69,7 +69,7 @@ def best_accuracy(read, fingerprint: str) -> float | None:
     return best if recorded_on == fingerprint else None
 
 
-# The params that decide each image's split (classifier.prepare.assign_splits): equal values put
+# The params that decide each image's split (classifier.data.prepare.assign_splits): equal values put
 # every image the champion trained on in the training pool again.
 SPLIT_PARAMS = ("seed", "data.dataset", "data.test_fraction", "data.val_fraction", "data.image_size")
 # What evaluate writes, in the order dvc.yaml passes them.
@@ -161,7 +161,7 @@ def rescore_champion(workspace: Path, at: Champion, champion: Snapshot, challeng
         folder = Path(scratch)
         model, card = champion_model(workspace, rev, champion.lock, folder)
         outputs = [folder / name for name in EVALUATE_OUTPUTS]
-        result = subprocess.run([sys.executable, "-m", "classifier.evaluate", PREPARED_PATH, str(model), str(card),
+        result = subprocess.run([sys.executable, "-m", "classifier.training.evaluate", PREPARED_PATH, str(model), str(card),
                                  *map(str, outputs)], cwd=workspace, env=stage_env(), capture_output=True, text=True)
         if result.returncode != 0:
             raise GateError(f"re-scoring the champion at {base} on the new test split failed "

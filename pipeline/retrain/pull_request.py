@@ -29,7 +29,7 @@ from prefect.blocks.system import Secret
 from prefect.runtime import flow_run
 from prefect.utilities.urls import url_for
 
-from classifier.compare import GateDecision
+from classifier.judging.compare import GateDecision
 from pipeline.forge.client import Forge, api_base
 from pipeline.forge.address import Project, compare_url, project_of
 from pipeline.forge.transport import ForgeError, loggable

@@ -20,8 +20,8 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.states import Completed, Failed, State
 
-from classifier.data_checks import markdown as data_checks_markdown
-from classifier.data_checks import read_report
+from classifier.data.checks import markdown as data_checks_markdown
+from classifier.data.checks import read_report
 
 from pipeline.device import set_device
 from pipeline.project import DATA_CHECKS_PATH, MODEL_CARD_PATH, MODEL_PATH, flatten

@@ -30,7 +30,7 @@ class DatasetSpec:
     kind: str = "idx"
     # Base URLs tried in order for remote_files. Here beside the checksums, not in params.yaml: the
     # pinned MD5s decide the bytes, so where they are fetched from is not a param (no stage's result
-    # depends on it, and `dvc exp show` stays narrow). Override: CLASSIFIER_MIRRORS (classifier.download).
+    # depends on it, and `dvc exp show` stays narrow). Override: CLASSIFIER_MIRRORS (classifier.data.download).
     mirrors: tuple[str, ...] = ()
 
 
@@ -48,7 +48,7 @@ FOLDER = "folder"
 
 # TorchVision's ImageFolder rule (torchvision.datasets.folder.IMG_EXTENSIONS): a file counts as an
 # image by its extension, case-insensitive; anything else in the tree is ignored. Here, not in
-# classifier.images, so the snapshot stage that lists a folder on every command imports no numpy or PIL.
+# classifier.data.images, so the snapshot stage that lists a folder on every command imports no numpy or PIL.
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
 
 

@@ -30,7 +30,7 @@ def _is_loopback(host: str) -> bool:
 
 
 def check_mirror(url: str) -> str:
-    """A mirror's base URL with a trailing slash, or ValueError naming the rule (classifier.download)."""
+    """A mirror's base URL with a trailing slash, or ValueError naming the rule (classifier.data.download)."""
     parts = urlsplit(url)
     # Plain http is allowed on loopback only, so tests and local mirrors need no certificate.
     if parts.scheme == "https" or (parts.scheme == "http" and _is_loopback(parts.hostname or "")):
@@ -70,7 +70,7 @@ class DataParams(Section):
     # URL DVC reads (s3://, https://, ssh://, ...). dvc.yaml's download stage depends on it, so DVC
     # notices when its content changes; with another dataset it is a dependency and nothing more.
     folder: FolderLocation = "images"
-    # Every image becomes image_size x image_size grayscale uint8 (classifier.images).
+    # Every image becomes image_size x image_size grayscale uint8 (classifier.data.images).
     image_size: int = Field(default=28, ge=4, le=1024)
     val_fraction: float = Field(gt=0, lt=0.5)
     test_fraction: float = Field(gt=0, lt=0.5)
@@ -113,13 +113,13 @@ class MinEffect(Section):
 
 
 class CompareParams(Section):
-    """How a new model is judged against a base (classifier.compare); always read from the base."""
+    """How a new model is judged against a base (classifier.judging.compare); always read from the base."""
 
     # The paired tests' significance level: every interval is (1 - alpha) and two-sided, and the gate
-    # promotes only what the report passes (classifier.gate_rule); below 0.5 so an interval has width.
+    # promotes only what the report passes (classifier.judging.gate_rule); below 0.5 so an interval has width.
     alpha: float = Field(default=0.05, gt=0, lt=0.5)
     min_effect: MinEffect
-    # Read by nothing since the intervals stopped resampling (classifier.intervals: score and t intervals);
+    # Read by nothing since the intervals stopped resampling (classifier.judging.intervals: score and t intervals);
     # still accepted, whatever its value, because the report and the gate read the BASE's params.yaml,
     # which may predate that: an old base's `resamples: 50` must not make its pull requests unjudgeable.
     resamples: Any = Field(default=None, exclude=True)
@@ -141,7 +141,7 @@ Policy = Literal["block", "warn", "off"]
 
 
 class ChecksParams(Section):
-    """What the data checks before training do about each finding (classifier.data_checks): `block`
+    """What the data checks before training do about each finding (classifier.data.checks): `block`
     stops prepare, so nothing trains and a retrain ends `blocked`; `warn` reports; `off` skips."""
 
     leakage: Policy = "block"             # one image (content hash, or decoded pixels) in two splits

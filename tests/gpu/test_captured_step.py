@@ -6,11 +6,11 @@ from __future__ import annotations
 import pytest
 import torch
 
-from classifier.data import InMemorySplit, Normalization
-from classifier.model import NeuralNetwork, to_device
+from classifier.training.split import InMemorySplit, Normalization
+from classifier.training.model import NeuralNetwork, to_device
 from classifier.params import TrainParams
-from classifier.serialization import load_weights_only, to_bytes
-from classifier.train import CapturedSteps, Steps, fit, make_optimizer, make_steps, restore, training_state
+from classifier.training.serialization import load_weights_only, to_bytes
+from classifier.training.train import CapturedSteps, Steps, fit, make_optimizer, make_steps, restore, training_state
 from tests.gpu.test_cuda import learnable_images
 
 pytestmark = pytest.mark.gpu

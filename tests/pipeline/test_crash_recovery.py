@@ -68,7 +68,7 @@ PAUSE_HOOK = Path(__file__).with_name("pause_after_checkpoint")
 
 
 def train_is_running(worker_pid: int) -> bool:
-    return any("classifier.train" in command_line(pid) for pid in descendants(worker_pid))
+    return any("classifier.training.train" in command_line(pid) for pid in descendants(worker_pid))
 
 
 def test_a_retrain_whose_machine_dies_is_crashed_then_retried_and_the_next_one_runs(reproduced_project, server, tmp_path):

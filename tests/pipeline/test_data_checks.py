@@ -12,10 +12,10 @@ import pytest
 import yaml
 from PIL import Image
 
-from classifier.export_folder import export
+from classifier.data.export_folder import export
 from classifier.files import file_digest, sha256_bytes
 from classifier.params import load_params
-from classifier.prepare import assign_splits
+from classifier.data.prepare import assign_splits
 from pipeline.retrain.flow import BLOCKED, KEPT_EVENT, retrain
 from tests.conftest import commit_all, copy_project, dvc, git, write_params
 from tests.pipeline.test_retrain import events_of, retrain_branches

@@ -23,7 +23,7 @@ def test_only_dvcs_own_didnt_change_counts_as_skipped():
         "Stage 'validate' didn't change, skipping",
         "Stage 'prepare' is cached - skipping run, checking out outputs",
         "Running stage 'train':",
-        "> python -m classifier.train ...",
+        "> python -m classifier.training.train ...",
         "Stage 'evaluate' is cached - skipping run, checking out outputs",
         "Running stage 'evaluate':",  # a wording DVC may add later must not weaken a run
     ]
@@ -110,7 +110,7 @@ def test_flow_runs_every_stage_then_skips_them_and_leaves_git_clean(project, pre
         (stage, outcome.capitalize()) for stage, outcome in decided.items()]
     assert list(decided)[:3] == ["validate", "snapshot", "download"] and len(tasks) == 7
     train_log = dict((name, log) for name, _, log in tasks)["train"]
-    assert train_log[0].startswith("Running stage 'train':") and any(line.startswith("> python -m classifier.train")
+    assert train_log[0].startswith("Running stage 'train':") and any(line.startswith("> python -m classifier.training.train")
                                                                       for line in train_log)
     artifacts = flow_artifacts(state.state_details.flow_run_id)
     assert {"metrics", "pipeline-run"} <= set(artifacts)

@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from classifier.export_folder import export
+from classifier.data.export_folder import export
 from classifier.files import file_digest
 from tests.conftest import commit_all, dvc, write_params
 from tests.s3_server import BUCKET, READ_CREDENTIALS, s3_server

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from classifier.compare import metric_verdict
+from classifier.judging.compare import metric_verdict
 from tests.conftest import commit_all, copy_project, dvc, git, subprocess_env, write_params
 
 pytestmark = pytest.mark.slow
@@ -85,7 +85,7 @@ def test_three_seeds_per_side_judged_in_the_model_verdicts_words(tmp_path):
     # head's run, no experiment reused. The head's train.py now leaves a mark when imported; `dvc commit`
     # records it, so the head's model is the one in the cache and nothing retrains it.
     mark = tmp_path / "the-head's-train-ran"
-    train_py = project / "src" / "classifier" / "train.py"
+    train_py = project / "src" / "classifier" / "training" / "train.py"
     train_py.write_text(train_py.read_text() + f"\nopen({str(mark)!r}, 'w').close()\n")
     dvc(project, "commit", "-f", "train")
     commit_all(project, "head: a train.py that leaves a mark")

@@ -108,9 +108,9 @@ def test_a_merged_promotion_is_registered_rolled_back_and_the_next_retrain_faces
     fetched = run([sys.executable, "-m", "pipeline.registry", "fetch", "--out", str(tmp_path / "champion")], cwd=ci)
     assert f"{ARTIFACT}@v0.1.0" in fetched.stdout
     card = json.loads((tmp_path / "champion/model.json").read_text())
-    run([sys.executable, "-m", "classifier.export_folder", str(tmp_path / "digits"), "--stop", "1"], cwd=ci)
+    run([sys.executable, "-m", "classifier.data.export_folder", str(tmp_path / "digits"), "--stop", "1"], cwd=ci)
     image = next((tmp_path / "digits").rglob("*.png"))
-    predicted = run([sys.executable, "-m", "classifier.predict", str(tmp_path / "champion/model.pth"), str(image)], cwd=ci)
+    predicted = run([sys.executable, "-m", "classifier.training.predict", str(tmp_path / "champion/model.pth"), str(image)], cwd=ci)
     assert predicted.stdout.split("\t")[1] in card["classes"]
     assert dvc(ci, "artifacts", "get", ".", ARTIFACT, "--rev", "v0.1.0", "-o", str(tmp_path / "by-dvc.pth")).returncode == 0
     assert (tmp_path / "by-dvc.pth").read_bytes() == (tmp_path / "champion/model.pth").read_bytes()

@@ -29,7 +29,7 @@ import pytest
 import yaml
 from PIL import Image
 
-from classifier.compare import (
+from classifier.judging.compare import (
     NEW, NO_CHANGE, NOT_COMPARABLE, REGRESSED, SEVERITY, Results, judge, point_metrics, read_predictions,
 )
 from classifier.params import CompareParams
@@ -172,7 +172,7 @@ def test_class_moves_rank_by_size_of_f1_change():
 
 def test_stage_changes_name_the_params_and_deps_that_differ():
     def stage(epochs: int, checkpoint_md5: str) -> dict:
-        return {"cmd": "python -m classifier.evaluate", "params": {"params.yaml": {"train": {"epochs": epochs}}},
+        return {"cmd": "python -m classifier.training.evaluate", "params": {"params.yaml": {"train": {"epochs": epochs}}},
                 "deps": [{"path": "models/checkpoint.pt", "md5": checkpoint_md5, "size": 1}]}
 
     base = {"stages": {"train": stage(1, "a"), "evaluate": stage(1, "a"), "gone": stage(1, "a")}}

@@ -24,7 +24,7 @@ import pytest
 import torch
 import yaml
 
-from classifier.serialization import to_bytes
+from classifier.training.serialization import to_bytes
 from pipeline.report.head import BASE_TREE_ENV, base_env
 from tests.conftest import commit_all, dvc, git, subprocess_env, write_params
 from tests.pipeline.test_remote_s3 import fresh_clone, make
@@ -158,7 +158,7 @@ def test_a_swapped_worse_model_with_forged_results_is_caught_not_judged(team):
 
 def test_the_heads_own_evaluate_lies_and_the_bases_scores(team):
     clone = contributor(team, "lying-evaluate")
-    evaluate = clone / "src/classifier/evaluate.py"
+    evaluate = clone / "src/classifier/training/evaluate.py"
     evaluate.write_text(evaluate.read_text().replace(
         "    summary, per_class, predictions, losses = score(logits, test.labels, data.num_classes)\n",
         "    logits = torch.nn.functional.one_hot(test.labels, data.num_classes).float() * 50\n"
@@ -186,7 +186,7 @@ def test_a_model_only_in_the_prs_own_remote_is_never_fetched_from_it(team):
 
 def test_a_prepare_that_trains_on_the_test_images_is_not_comparable(team):
     clone = contributor(team, "leaky")
-    prepare = clone / "src/classifier/prepare.py"
+    prepare = clone / "src/classifier/data/prepare.py"
     prepare.write_text(prepare.read_text().replace(
         "    arrays = split_arrays(source, splits)  # checked before anything is written\n"
         "    return write_prepared(out_dir, arrays, data_params.dataset, source.classes, manifest(source, splits))\n",
@@ -219,11 +219,13 @@ def test_the_bases_worktree_on_pythonpath_wins_over_the_editable_install(tmp_pat
     (tree / "src" / "classifier").mkdir(parents=True)
     (tree / "pipeline").mkdir()
     (tree / "src" / "classifier" / "__init__.py").write_text("")
-    (tree / "src" / "classifier" / "evaluate.py").write_text("print('the base tree evaluate')\n")
+    (tree / "src" / "classifier" / "training").mkdir()
+    (tree / "src" / "classifier" / "training" / "__init__.py").write_text("")
+    (tree / "src" / "classifier" / "training" / "evaluate.py").write_text("print('the base tree evaluate')\n")
     (tree / "pipeline" / "__init__.py").write_text("WHERE = 'base tree'\n")
     env = {**base_env(tree), "PATH": os.environ["PATH"]}
     assert env[BASE_TREE_ENV] == str(tree)
-    done = subprocess.run([sys.executable, "-P", "-m", "classifier.evaluate"], cwd=tmp_path, env=env,
+    done = subprocess.run([sys.executable, "-P", "-m", "classifier.training.evaluate"], cwd=tmp_path, env=env,
                           capture_output=True, text=True)
     assert done.stdout.strip() == "the base tree evaluate", done.stderr
     done = subprocess.run([sys.executable, "-P", "-c", "import pipeline; print(pipeline.WHERE)"], cwd=tmp_path,

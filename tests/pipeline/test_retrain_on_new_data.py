@@ -14,7 +14,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from classifier.export_folder import export
+from classifier.data.export_folder import export
 from pipeline.retrain.flow import RetrainError, retrain
 from tests.conftest import commit_all, dvc, git, run, write_params
 from tests.pipeline.prefect_server import MAKE, api_call, final_state, make_deploy, start_worker, stop, wait_for
@@ -123,7 +123,7 @@ def test_new_data_announced_retrains_rescoring_the_champion_on_the_new_test_spli
     for name in ("model.pth", "model.json"):
         (model_dir / name).write_bytes(cached(project, lock_out(new_lock, f"models/{name}")))
     paths = [str(pngs[row_id]) for row_id in chosen["id"]]
-    printed = run([sys.executable, "-m", "classifier.predict", str(model_dir / "model.pth"), *paths], cwd=project)
+    printed = run([sys.executable, "-m", "classifier.training.predict", str(model_dir / "model.pth"), *paths], cwd=project)
     answers = [line.split("\t")[1] for line in printed.stdout.splitlines()]
     assert answers == list(chosen["predicted"])
 

@@ -14,7 +14,7 @@ from tests.conftest import PROJECT_ROOT, subprocess_env
 # A few Adam steps of the project's own model: the digest of its weights.
 TRAIN_A_LITTLE = """
 import hashlib, torch
-from classifier.model import NeuralNetwork
+from classifier.training.model import NeuralNetwork
 torch.manual_seed(0)
 model = NeuralNetwork()
 optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)

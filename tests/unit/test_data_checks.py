@@ -1,4 +1,4 @@
-"""The data checks before training (classifier.data_checks, run by prepare) on constructed folders, each with
+"""The data checks before training (classifier.data.checks, run by prepare) on constructed folders, each with
 one defect; and the folder source's loose ends: a listing without this machine's times, bytes checked against
 the listing, symlink loops refused."""
 
@@ -13,15 +13,15 @@ import pytest
 import scipy.stats
 from PIL import Image
 
-import classifier.snapshot
+import classifier.data.snapshot
 from classifier.cli import UserError
-from classifier.data_checks import DataChecksBlocked, blocking_line, markdown, run_checks
-from classifier.download import DownloadError, download
+from classifier.data.checks import DataChecksBlocked, blocking_line, markdown, run_checks
+from classifier.data.download import DownloadError, download
 from classifier.files import sha256_bytes
-from classifier.leakage import leaked_across
+from classifier.data.leakage import leaked_across
 from classifier.params import ChecksParams, ParamsError, validate_params
-from classifier.prepare import assign_splits, prepare
-from classifier.snapshot import listing_text, snapshot
+from classifier.data.prepare import assign_splits, prepare
+from classifier.data.snapshot import listing_text, snapshot
 from tests.conftest import tiny_images
 
 
@@ -205,8 +205,8 @@ def test_the_hash_cache_reads_only_new_or_touched_files(tmp_path, monkeypatch):
     cache = tmp_path / "cache"
     snapshot(str(tmp_path / "tree"), cache)
     hashed = []
-    original = classifier.snapshot._hash_file
-    monkeypatch.setattr(classifier.snapshot, "_hash_file", lambda path: hashed.append(path) or original(path))
+    original = classifier.data.snapshot._hash_file
+    monkeypatch.setattr(classifier.data.snapshot, "_hash_file", lambda path: hashed.append(path) or original(path))
     first = snapshot(str(tmp_path / "tree"), cache)
     assert hashed == []
     write_tree(tmp_path / "tree", 1, start=20)

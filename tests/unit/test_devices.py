@@ -1,6 +1,6 @@
 """Device placement, tested where there is no GPU.
 
-Every tensor crossing a device boundary goes through classifier.model.to_device / to_host; the
+Every tensor crossing a device boundary goes through classifier.training.model.to_device / to_host; the
 rest of the library computes where its inputs are. A CPU-only machine cannot run CUDA, so
 `SimulatedDevice` stands in for it: tensors moved to `meta` become wrappers that report the
 device `meta` but hold real CPU data, so the numbers are real and each op runs the CPU kernel.
@@ -19,10 +19,10 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode, return_and_correct_aliasing
 from torch.utils._pytree import tree_map
 
-from classifier.data import Normalization, epoch_order
-from classifier.model import HOST, NeuralNetwork, host_state_dict, logits_for, loss_and_accuracy, to_device, to_host
-from classifier.serialization import load_weights_only, to_bytes
-from classifier.train import captures_step, fit, make_optimizer
+from classifier.training.split import Normalization, epoch_order
+from classifier.training.model import HOST, NeuralNetwork, host_state_dict, logits_for, loss_and_accuracy, to_device, to_host
+from classifier.training.serialization import load_weights_only, to_bytes
+from classifier.training.train import captures_step, fit, make_optimizer
 from tests.unit.test_model_and_training import tiny_split, train_params
 
 SIMULATED = torch.device("meta")
@@ -156,7 +156,7 @@ def test_logits_stay_on_the_device_of_the_model_and_images(simulated):
 
 
 def test_evaluate_brings_the_logits_home(simulated):
-    from classifier.evaluate import score, test_logits
+    from classifier.training.evaluate import score, test_logits
 
     torch.manual_seed(0)
     model = NeuralNetwork(hidden_sizes=[8])
@@ -169,7 +169,7 @@ def test_evaluate_brings_the_logits_home(simulated):
 
 
 def test_a_model_trained_on_another_device_loads_and_predicts_on_the_cpu(simulated, tmp_path):
-    from classifier.predict import predict
+    from classifier.training.predict import predict
 
     model, _ = trained(SIMULATED)
     data = to_bytes(host_state_dict(model))

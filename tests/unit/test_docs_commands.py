@@ -444,14 +444,32 @@ def test_every_stage_command_and_order_is_dvc_yamls(page):
     assert not wrong, f"{page.relative_to(ROOT)}:\n" + "\n".join(wrong)
 
 
-def test_the_readme_layout_lists_every_room_of_pipeline():
-    """The README's Layout block names each module and package of pipeline/, and nothing that is gone."""
+def layout_entries(parent: str) -> set[str]:
+    """The modules and packages the README's Layout block indents under `parent` (`pipeline/`, `src/classifier/`)."""
     readme = (ROOT / "README.md").read_text(encoding="utf-8")
     layout = next(block.group(0) for block in FENCE.finditer(readme[readme.index("## Layout"):]))
-    listed = set(re.findall(r"^  ([\w.]+\.py|\w+/)\s", layout, re.M))
+    listed, inside = set(), False
+    for line in layout.splitlines():
+        if not line.startswith(" "):
+            inside = line.startswith(parent + " ")
+        elif inside and (entry := re.match(r"^  ([\w.]+\.py|\w+/)\s", line)):
+            listed.add(entry.group(1))
+    return listed
+
+
+def test_the_readme_layout_lists_every_room_of_pipeline():
+    """The README's Layout block names each module and package of pipeline/, and nothing that is gone."""
+    listed = layout_entries("pipeline/")
     rooms = {p.name for p in (ROOT / "pipeline").glob("*.py") if p.stem not in ("__init__", "__main__")}
     rooms |= {f"{p.parent.name}/" for p in (ROOT / "pipeline").glob("*/__init__.py")}
     assert listed == rooms, f"README's layout of pipeline/: missing {sorted(rooms - listed)}, gone {sorted(listed - rooms)}"
+
+
+def test_the_readme_layout_lists_every_room_of_classifier():
+    """The README's Layout block names each room (package) of src/classifier/, and nothing that is gone."""
+    listed = {entry for entry in layout_entries("src/classifier/") if entry.endswith("/")}
+    rooms = {f"{p.parent.name}/" for p in (ROOT / "src" / "classifier").glob("*/__init__.py")}
+    assert listed == rooms, f"README's layout of src/classifier/: missing {sorted(rooms - listed)}, gone {sorted(listed - rooms)}"
 
 
 # --- the checks check ----------------------------------------------------------------------------
@@ -479,14 +497,14 @@ def test_a_wrong_command_is_caught(tmp_path):
     page.write_text(
         "Run `make runn`, then `python -m pipeline retrain --bse main` and `python -m pipeline rerun`;\n"
         "```bash\nmake bench BENCH_FLAGS=--quik   # a comment with --nothing\n"
-        "python -m classifier.predict models/model.pth digit.png --top-k 3 | head\n```\n")
+        "python -m classifier.training.predict models/model.pth digit.png --top-k 3 | head\n```\n")
     units = code_units(page)
     assert [(t, a) for t, a, _ in make_calls(units)] == [("runn", {}), ("bench", {"BENCH_FLAGS": "--quik"})]
     problems = [p for name, words, _ in cli_calls(units) for p in unknown_options(cli_file(name), words)]
     assert problems == ["no option --bse for 'retrain'", "no command 'rerun' (it has retrain, run, server-stop)"]
     assert [p for cli in recipe_clis("bench", "BENCH_FLAGS") for p in unknown_options(cli, ["--quik"])] == \
         ["no option --quik"] * 3
-    assert "--params" in cli_options(ROOT / "src/classifier/train.py")[None]  # from classifier.cli's stage_parser
+    assert "--params" in cli_options(ROOT / "src/classifier/training/train.py")[None]  # from classifier.cli's stage_parser
 
 
 def test_the_names_are_read_as_prefect_and_the_shell_spell_them():
@@ -496,4 +514,4 @@ def test_the_names_are_read_as_prefect_and_the_shell_spell_them():
     assert deployments()["sweep-point-gpu"] == "sweep-point" and work_pools() == {"cpu", "gpu"}
     assert DOTTED.findall("prefect event emit classifier.data.updated --resource-id classifier.data") == \
         ["classifier.data.updated", "classifier.data"]
-    assert python_name_exists("classifier.model.to_device") and not python_name_exists("classifier.model.promoted")
+    assert python_name_exists("classifier.training.model.to_device") and not python_name_exists("classifier.model.promoted")

@@ -6,9 +6,9 @@ import pytest
 import yaml
 
 from classifier.datasets import BUNDLED_MNIST_5K, DATASETS, RemoteFile
-from classifier.download import MIRRORS_ENV, DownloadError, copy_bundled, download_file, mirrors_for
+from classifier.data.download import MIRRORS_ENV, DownloadError, copy_bundled, download_file, mirrors_for
 from classifier.files import file_digest
-from classifier.prepare import read_idx
+from classifier.data.prepare import read_idx
 from tests.conftest import PROJECT_ROOT, idx_bytes, subprocess_env, tiny_images
 from tests.mirror import Mirror, MirrorScript
 
@@ -82,7 +82,7 @@ def test_download_stage_end_to_end_against_a_loopback_mirror(tmp_path):
     with Mirror(MirrorScript(files=files)) as mirror:
         params["data"]["dataset"] = "mnist"
         (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
-        result = subprocess.run([sys.executable, "-m", "classifier.download", "data/raw"], cwd=tmp_path,
+        result = subprocess.run([sys.executable, "-m", "classifier.data.download", "data/raw"], cwd=tmp_path,
                                 env={**subprocess_env(), MIRRORS_ENV: mirror.url.rstrip("/")},
                                 capture_output=True, text=True, timeout=60)
     assert result.returncode == 2

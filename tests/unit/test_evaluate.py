@@ -10,10 +10,10 @@ import pytest
 import torch
 from sklearn import metrics as sk
 
-from classifier import evaluate
-from classifier.compare import point_metrics, read_predictions
-from classifier.evaluate import example_ids, per_class_csv, predictions_csv, score, split_fingerprint
-from classifier.prepare import write_prepared
+from classifier.training import evaluate
+from classifier.judging.compare import point_metrics, read_predictions
+from classifier.training.evaluate import example_ids, per_class_csv, predictions_csv, score, split_fingerprint
+from classifier.data.prepare import write_prepared
 from tests.conftest import tiny_images
 from tests.unit.test_save_and_predict import write_candidate
 

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from classifier.download import download
+from classifier.data.download import download
 from classifier.params import validate_params
 from tests.conftest import PROJECT_ROOT, idx_bytes, subprocess_env, tiny_images
 from tests.mirror import Mirror, MirrorScript
@@ -45,7 +45,7 @@ def test_predict_refuses_a_malicious_pickle_even_when_its_card_matches(stage_fil
     card["sha256"] = hashlib.sha256(buffer.getvalue()).hexdigest()  # an attacker controls both files
     (stage_files / "model.json").write_text(json.dumps(card))
     digit_png(stage_files / "one.png")
-    result = subprocess.run([sys.executable, "-m", "classifier.predict", str(stage_files / "model.pth"),
+    result = subprocess.run([sys.executable, "-m", "classifier.training.predict", str(stage_files / "model.pth"),
                              str(stage_files / "one.png")], env=subprocess_env(), capture_output=True, text=True)
     assert result.returncode == 2
     assert "refused to load (weights-only)" in result.stderr
@@ -59,7 +59,7 @@ def torch_load_calls(path: Path) -> list[ast.Call]:
 
 
 def test_every_loader_goes_through_one_weights_only_call():
-    calls = {path.name: torch_load_calls(path) for path in [*SOURCE.glob("*.py"), *(PROJECT_ROOT / "pipeline").glob("*.py")]}
+    calls = {path.name: torch_load_calls(path) for path in [*SOURCE.rglob("*.py"), *(PROJECT_ROOT / "pipeline").glob("*.py")]}
     assert {name for name, found in calls.items() if found} == {"serialization.py"}
     for call in calls["serialization.py"]:
         keywords = {keyword.arg: keyword.value for keyword in call.keywords}
@@ -71,7 +71,7 @@ def test_evaluate_refuses_a_malicious_candidate(stage_files, tmp_path):
     marker = tmp_path / "pwned"
     torch.save({"linear_relu_stack.0.weight": CreatesAFile(marker)}, stage_files / "candidate.pth")
     result = subprocess.run(
-        [sys.executable, "-m", "classifier.evaluate", str(stage_files), str(stage_files / "candidate.pth"),
+        [sys.executable, "-m", "classifier.training.evaluate", str(stage_files), str(stage_files / "candidate.pth"),
          str(stage_files / "candidate.json"), *(str(tmp_path / name) for name in ("m.json", "e.json", "c.csv", "p.csv"))],
         env=subprocess_env(), capture_output=True, text=True)
     assert result.returncode == 2 and "refused to load" in result.stderr
@@ -80,7 +80,7 @@ def test_evaluate_refuses_a_malicious_candidate(stage_files, tmp_path):
 
 def run_save_in_child(folder: Path, preexec=None) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-m", "classifier.save", "--params", str(folder / "params.yaml"),
+        [sys.executable, "-m", "classifier.training.save", "--params", str(folder / "params.yaml"),
          str(folder / "candidate.pth"), str(folder / "candidate.json"), str(folder / "metrics.json"), str(folder / "out/model.pth"),
          str(folder / "out/model.json")],
         env=subprocess_env(), capture_output=True, text=True, preexec_fn=preexec)
@@ -142,7 +142,7 @@ def test_a_download_killed_mid_file_leaves_no_file_and_the_next_run_cleans_up(tm
     with Mirror(script) as mirror:
         child = subprocess.Popen(
             [sys.executable, "-c",
-             "import sys; from pathlib import Path; from classifier.download import download_file, RemoteFile;"
+             "import sys; from pathlib import Path; from classifier.data.download import download_file, RemoteFile;"
              f"download_file(RemoteFile({name!r}, 'x' * 32), [{mirror.url!r}], Path({str(raw)!r}))"],
             env=subprocess_env())
         deadline = time.monotonic() + 60

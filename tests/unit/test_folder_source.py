@@ -10,16 +10,16 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-import classifier.download
-import classifier.prepare
+import classifier.data.download
+import classifier.data.prepare
 from classifier.cli import UserError
-from classifier.download import download, read_files_table
-from classifier.images import read_image, to_model_input
+from classifier.data.download import download, read_files_table
+from classifier.data.images import read_image, to_model_input
 from classifier.params import ParamsError, validate_params
-from classifier.predict import read_image as predict_read_image
-from classifier.prepare import pixel_statistics, prepare
-from classifier.shards import SHARDS, pack_name, read_pack
-from classifier.snapshot import listing_text, snapshot
+from classifier.training.predict import read_image as predict_read_image
+from classifier.data.prepare import pixel_statistics, prepare
+from classifier.data.shards import SHARDS, pack_name, read_pack
+from classifier.data.snapshot import listing_text, snapshot
 from tests.conftest import tiny_images
 
 
@@ -169,11 +169,11 @@ def test_a_grown_folder_reads_and_decodes_only_its_new_files_and_packs_as_a_fres
     prepare(raw, params.data, 42, tmp_path / "first", cache)
 
     reads, decodes = [], []
-    read_bytes = classifier.download.Path.read_bytes
-    monkeypatch.setattr(classifier.download.Path, "read_bytes",
+    read_bytes = classifier.data.download.Path.read_bytes
+    monkeypatch.setattr(classifier.data.download.Path, "read_bytes",
                         lambda self: reads.append(self.name) or read_bytes(self))
-    decode = classifier.prepare.decode
-    monkeypatch.setattr(classifier.prepare, "decode", lambda *a: decodes.append(a[2]) or decode(*a))
+    decode = classifier.data.prepare.decode
+    monkeypatch.setattr(classifier.data.prepare, "decode", lambda *a: decodes.append(a[2]) or decode(*a))
     grow(root, images, labels, 200, 300)
     download_tree(root, params, raw)
     second = prepare(raw, params.data, 42, tmp_path / "second", cache)
@@ -212,7 +212,7 @@ def test_a_removed_or_edited_image_changes_the_listing_and_the_prepared_data(tmp
     before, after = read_manifest(tmp_path / "before"), read_manifest(tmp_path / "after")
     assert "1/00001.png" in set(before["path"]) and "1/00001.png" not in set(after["path"])
     row = after[after["path"] == "2/00002.png"].iloc[0]
-    assert row["sha256"] == classifier.download.sha256_bytes(edited.read_bytes())
+    assert row["sha256"] == classifier.data.download.sha256_bytes(edited.read_bytes())
     assert row["sha256"] not in set(before["sha256"]) and len(after) == 59
     packed = set()
     for shard in range(SHARDS):
@@ -235,8 +235,8 @@ def test_every_corrupt_image_is_named_and_the_others_stay_decoded(tmp_path, defa
     grow(root, images, labels, 5, 6)
     download_tree(root, params, raw)
     decodes = []
-    decode = classifier.prepare.decode
-    monkeypatch.setattr(classifier.prepare, "decode", lambda *a: decodes.append(a[2]) or decode(*a))
+    decode = classifier.data.prepare.decode
+    monkeypatch.setattr(classifier.data.prepare, "decode", lambda *a: decodes.append(a[2]) or decode(*a))
     prepare(raw, params.data, 0, tmp_path / "prepared", cache)
     assert sorted(shown.split(" ")[0] for shown in decodes) == ["images/3/00003.png", "images/5/00005.png"]
 

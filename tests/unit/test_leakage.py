@@ -1,9 +1,9 @@
-"""classifier.leakage: the one content-hash overlap rule of the data checks and the PR report."""
+"""classifier.data.leakage: the one content-hash overlap rule of the data checks and the PR report."""
 
 import pytest
 
 from classifier.cli import UserError
-from classifier.leakage import leaked, leaked_between, split_hashes
+from classifier.data.leakage import leaked, leaked_between, split_hashes
 
 
 def write_manifest(path, rows):

@@ -4,11 +4,11 @@ import pytest
 import torch
 
 from classifier.cli import UserError
-from classifier.data import InMemorySplit, Normalization, batches
-from classifier.model import NeuralNetwork, resolve_device
+from classifier.training.split import InMemorySplit, Normalization, batches
+from classifier.training.model import NeuralNetwork, resolve_device
 from classifier.params import TrainParams
-from classifier.serialization import load_weights_only, to_bytes
-from classifier.train import fit, history_csv, make_optimizer
+from classifier.training.serialization import load_weights_only, to_bytes
+from classifier.training.train import fit, history_csv, make_optimizer
 from tests.conftest import tiny_images
 
 NORMALIZATION = Normalization(mean=0.2, std=0.3)
@@ -146,7 +146,7 @@ def test_bf16_autocast_trains_on_the_cpu():
 
 def test_resuming_from_a_checkpoint_gives_the_same_bytes_as_an_uninterrupted_run(default_params):
     from classifier.params import validate_params
-    from classifier.train import restore, training_state
+    from classifier.training.train import restore, training_state
 
     default_params["model"]["hidden_sizes"] = [32]
     default_params["train"].update(epochs=3, batch_size=16)
@@ -197,8 +197,8 @@ def test_the_training_seed_moves_the_weights_and_leaves_the_split_seed_alone(tmp
 
     import yaml
 
-    from classifier import train
-    from classifier.prepare import write_prepared
+    from classifier.training import train
+    from classifier.data.prepare import write_prepared
     from tests.conftest import tiny_images
 
     splits = {name: tiny_images(count, seed) for name, count, seed in (("train", 60, 0), ("val", 20, 1), ("test", 20, 2))}

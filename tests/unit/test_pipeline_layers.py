@@ -14,6 +14,9 @@ ROOMS = ["project", "device", "server", "run", "results", "committed", "registry
          "__main__"]
 # Side by side, not stacked: none of these imports another.
 SIBLINGS = {"report", "retrain", "sweep"}
+LIBRARY = PROJECT_ROOT / "src" / "classifier"
+# classifier/'s rooms, lowest first: a room may import only from rooms before it here.
+LIBRARY_ROOMS = ["data", "training", "judging"]
 
 
 def module_name(path: Path) -> str:
@@ -97,14 +100,49 @@ def test_the_forge_room_knows_nothing_of_prefect_or_dvc():
     assert imported and not imported & {"prefect", "dvc"}, sorted(imported)
 
 
+def library_imports() -> dict[str, set[str]]:
+    """{classifier module: the classifier modules it imports}; `from classifier.data import images` counts as
+    classifier.data.images, and a room's __init__ is the room's name."""
+    found = {}
+    for path in sorted(LIBRARY.rglob("*.py")):
+        parts = path.relative_to(LIBRARY.parent).with_suffix("").parts
+        imported = set()
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.Import):
+                imported.update(alias.name for alias in node.names)
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                imported.add(node.module)
+                imported.update(f"{node.module}.{alias.name}" for alias in node.names
+                                if (LIBRARY.parent / node.module.replace(".", "/") / f"{alias.name}.py").is_file())
+        found[".".join(parts[:-1] if parts[-1] == "__init__" else parts)] = {
+            name for name in imported if name.startswith("classifier.")}
+    return found
+
+
+def library_room(module: str) -> str:
+    """classifier.data.prepare -> data; a shared module beside the rooms (classifier.params) -> ''."""
+    parts = module.split(".")
+    return parts[1] if len(parts) > 1 and (LIBRARY / parts[1]).is_dir() else ""
+
+
 def test_no_import_cycles_in_the_ml_library():
     """classifier/ imports one way too (judgement once imported verdicts, which imported judgement back for a type)."""
-    library = PIPELINE.parent / "src" / "classifier"
-    found = {}
-    for path in library.glob("*.py"):
-        tree = ast.parse(path.read_text(encoding="utf-8"))
-        found[path.stem] = {node.module.split(".")[1] for node in ast.walk(tree)
-                            if isinstance(node, ast.ImportFrom) and node.level == 0 and node.module
-                            and node.module.startswith("classifier.")}
+    found = library_imports()
     assert len(found) > 20
-    assert_acyclic(found)
+    # A module importing its own room's package (`from classifier.data import images`) is no cycle.
+    assert_acyclic({module: {name for name in names if not module.startswith(name + ".")}
+                    for module, names in found.items()})
+
+
+def test_the_ml_librarys_rooms_import_one_way():
+    """classifier/'s rooms (LIBRARY_ROOMS, lowest first) import only the rooms below them; the shared modules
+    beside them (cli, files, params, ...) import no room."""
+    assert {library_room(module) for module in library_imports()} - {""} == set(LIBRARY_ROOMS)
+    wrong = []
+    for module, imported in library_imports().items():
+        here = library_room(module)
+        for name in imported:
+            there = library_room(name)
+            if there and there != here and (not here or LIBRARY_ROOMS.index(there) > LIBRARY_ROOMS.index(here)):
+                wrong.append(f"{module} imports {name}")
+    assert not wrong, "\n".join(wrong)

@@ -7,7 +7,7 @@ import pytest
 from classifier.cli import UserError
 from classifier.datasets import BUNDLED_MNIST_5K
 from classifier.params import validate_params
-from classifier.prepare import (array_source, assign_splits, read_idx, read_mnist_5k, read_raw, split_arrays,
+from classifier.data.prepare import (array_source, assign_splits, read_idx, read_mnist_5k, read_raw, split_arrays,
                                 write_prepared)
 from tests.conftest import idx_bytes, tiny_images
 

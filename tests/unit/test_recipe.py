@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 from scipy import stats
 
-from classifier.compare import (
+from classifier.judging.compare import (
     HIGHER_IS_BETTER, MEANING, RecipeError, Verdict, headline, judge_recipe, metric_verdict, seed_scores, seeds_problem,
 )
 from classifier.params import CompareParams

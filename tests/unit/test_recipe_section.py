@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import yaml
 
-from classifier.compare import judge_recipe
+from classifier.judging.compare import judge_recipe
 from classifier.params import CompareParams
 from pipeline.report.recipe import RecipeSection, overrides, recipe_key, recipe_lines, recipe_of, recipe_section
 from pipeline.results import git

@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 from markdown_it import MarkdownIt
 
-from classifier.compare import NOT_COMPARABLE, cannot_judge
+from classifier.judging.compare import NOT_COMPARABLE, cannot_judge
 from pipeline.report.changes import ModelHash, ParamChange, StageChange
 from pipeline.report.escape import code, text
 from pipeline.report.render import ClassMove, Report, render_markdown

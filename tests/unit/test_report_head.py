@@ -21,7 +21,7 @@ def test_outputs_that_are_only_absent_are_not_stale():
 
 
 def test_a_changed_param_command_or_committed_metric_is_stale():
-    status = {"train": [{"changed deps": {"params.yaml": {"train": "modified"}, "src/classifier/train.py": "modified"}},
+    status = {"train": [{"changed deps": {"params.yaml": {"train": "modified"}, "src/classifier/training/train.py": "modified"}},
                         "changed command"],
               "evaluate": [{"changed outs": {"metrics/metrics.json": "modified"}}]}
     stale = staleness(status)

@@ -28,7 +28,7 @@ def lock(epochs: int = 1, images: str = "aaa.dir", train_py: str = "t1", params_
                      "params": {"params.yaml": {"data": {"folder": "images"}}},
                      "outs": [{"path": "data/raw", "md5": f"raw-{images}"}]},
         "train": {"deps": [{"path": "data/raw", "md5": f"raw-{images}"},
-                           {"path": "src/classifier/train.py", "md5": train_py}],
+                           {"path": "src/classifier/training/train.py", "md5": train_py}],
                   "params": {"params.yaml": {"train": {"epochs": epochs, "device": "auto"}}},
                   "outs": [{"path": "models/candidate.pth", "md5": f"m-{epochs}-{images}-{train_py}"}]}}}
 

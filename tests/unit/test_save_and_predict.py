@@ -6,11 +6,11 @@ import pytest
 import torch
 from PIL import Image
 
-from classifier import predict, save
+from classifier.training import predict, save
 from classifier.cli import UserError
 from classifier.files import file_digest
-from classifier.model import NeuralNetwork
-from classifier.serialization import save_atomically
+from classifier.training.model import NeuralNetwork
+from classifier.training.serialization import save_atomically
 from tests.conftest import PROJECT_ROOT
 
 ARCHITECTURE = {"input_size": 784, "hidden_sizes": [32], "num_classes": 10}
@@ -103,10 +103,10 @@ def trained(tmp_path_factory):
     """
     import yaml
 
-    from classifier.data import Normalization
-    from classifier.download import bundled_mnist_5k_path
-    from classifier.model import logits_for, loss_and_accuracy
-    from classifier.prepare import read_mnist_5k
+    from classifier.training.split import Normalization
+    from classifier.data.download import bundled_mnist_5k_path
+    from classifier.training.model import logits_for, loss_and_accuracy
+    from classifier.data.prepare import read_mnist_5k
 
     folder = tmp_path_factory.mktemp("trained")
     images, labels = read_mnist_5k(bundled_mnist_5k_path())

@@ -12,8 +12,8 @@ from pathlib import Path
 
 MARKER = os.environ.get("PAUSE_AFTER_CHECKPOINT_MARKER")
 
-if MARKER and sys.orig_argv[1:3] == ["-m", "classifier.train"]:
-    import classifier.serialization as serialization
+if MARKER and sys.orig_argv[1:3] == ["-m", "classifier.training.train"]:
+    import classifier.training.serialization as serialization
 
     real_save = serialization.save_atomically
 

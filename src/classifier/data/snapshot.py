@@ -1,6 +1,6 @@
 """Stage `snapshot`: list the image folder (path, size, version) so DVC can tell what changed, cheaply.
 
-    python -m classifier.snapshot data/snapshot.csv --dataset DATASET --folder DATA_FOLDER
+    python -m classifier.data.snapshot data/snapshot.csv --dataset DATASET --folder DATA_FOLDER
         [--hash-cache .cache/snapshot]
 
 Always run (dvc.yaml: `always_changed`), because no DVC dependency can notice a folder's change

@@ -1,5 +1,5 @@
 """A judgement: the base's per-example results against the head's, metric by metric, on paired
-(1 - alpha) intervals of the change (classifier.intervals), in the words of classifier.verdicts.
+(1 - alpha) intervals of the change (classifier.judging.intervals), in the words of classifier.judging.verdicts.
 
 Pure: no torch, git or DVC. The policy is the BASE revision's `compare` section
 (`classifier.params.CompareParams`), so a pull request cannot loosen the rules it is judged by.
@@ -21,10 +21,10 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from classifier.intervals import accuracy_interval, macro_f1_interval, mcnemar_p, mean_interval
+from classifier.judging.intervals import accuracy_interval, macro_f1_interval, mcnemar_p, mean_interval
 from classifier.params import CompareParams
-from classifier.tables import PredictionsError, class_set, codes, loss_problem, pairing_problem, point_metrics
-from classifier.verdicts import (
+from classifier.judging.tables import PredictionsError, class_set, codes, loss_problem, pairing_problem, point_metrics
+from classifier.judging.verdicts import (
     COULD_NOT_JUDGE, EPSILON, LABELS, METRICS, NEW, NOT_COMPARABLE, SEVERITY, Verdict, metric_verdict, overall,
 )
 
@@ -124,7 +124,7 @@ def paired_intervals(base: pd.DataFrame, head: pd.DataFrame, classes: list[str],
                      confidence: float) -> dict[str, Interval]:
     """Each metric's (confidence) interval of head - base: Tango's for accuracy (on `paired`, the
     discordant counts), Student's t for mean loss, Tango's carried over by the jackknife for macro F1
-    (classifier.intervals), on `classes`, the one class set of both sides."""
+    (classifier.judging.intervals), on `classes`, the one class set of both sides."""
     actual, base_predicted, head_predicted = (codes(column, classes)
                                               for column in (base["actual"], base["predicted"], head["predicted"]))
     ends = {

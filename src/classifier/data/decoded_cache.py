@@ -1,7 +1,7 @@
 """Decoded images kept between prepare runs, keyed by content, so a grown folder decodes only its new files.
 
 An entry is an image file's sha256 -> its model input (uint8 size x size). The cache's folder is
-named after everything else decoding depends on (classifier/images.py's source, Pillow's version,
+named after everything else decoding depends on (classifier/data/images.py's source, Pillow's version,
 the size), so a change to any of them starts an empty cache instead of serving stale pixels. It is
 an accelerator outside DVC, like train's resume folder: deleting it only costs time.
 
@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import PIL
 
-from classifier import images as images_module
+from classifier.data import images as images_module
 
 MAX_SEGMENTS = 8
 

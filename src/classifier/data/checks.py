@@ -1,7 +1,7 @@
 """The data checks before training: what prepare found wrong with the data, judged by params' `checks`.
 
     leakage        one image in two of train/val/test: by file content (manifest.csv's sha256, the rule
-                   classifier.leakage shares with the PR report) or by decoded pixels (the same picture
+                   classifier.data.leakage shares with the PR report) or by decoded pixels (the same picture
                    saved as .png and .bmp); a model scores well on test images it trained on, whatever
                    it learned, so no score can catch it
     broken         files that are not images, are truncated, or do not decode
@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from classifier.cli import UserError
-from classifier.leakage import SPLIT_ORDER, leaked_across
+from classifier.data.leakage import SPLIT_ORDER, leaked_across
 from classifier.params import ChecksParams
 
 CHECKS = ("leakage", "broken", "duplicates", "unknown_class", "small_class", "balance")

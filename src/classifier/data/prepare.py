@@ -1,6 +1,6 @@
 """Stage `prepare`: turn any raw source into one canonical format and a stable, hash-based split.
 
-    python -m classifier.prepare data/raw data/prepared [--decoded-cache .cache/decoded]
+    python -m classifier.data.prepare data/raw data/prepared [--decoded-cache .cache/decoded]
 
 Writes `{train,val,test}_images.npy` (uint8, N x S x S, S = data.image_size),
 `{train,val,test}_labels.npy` (int64), `manifest.csv` (one row per image: path, class, sha256,
@@ -12,7 +12,7 @@ moves an existing one between train, val and test, and a champion's test images 
 The folder source reads download's packs and decodes only images the decoded cache (keyed by
 content) has not seen, so a grown folder costs its new images.
 
-Before anything is written, the data checks (classifier.data_checks: leakage, broken files, duplicates,
+Before anything is written, the data checks (classifier.data.checks: leakage, broken files, duplicates,
 classes, balance against the champion's data) judge what was read; `--checks` writes their findings
 (metrics/data_checks.json), and a finding params' `checks` says blocks stops the stage in one line, so
 train never runs on that data.
@@ -33,14 +33,14 @@ import numpy as np
 import pandas as pd
 
 from classifier.cli import UserError, run, stage_parser
-from classifier.data_checks import DataChecksBlocked, Rejected, blocking_line, committed_reference, run_checks
+from classifier.data.checks import DataChecksBlocked, Rejected, blocking_line, committed_reference, run_checks
 from classifier.datasets import BUNDLED_MNIST_5K, DATASETS, IDX_ROLES
-from classifier.decoded_cache import DecodedCache
-from classifier.download import FILES_TABLE, read_files_table
+from classifier.data.decoded_cache import DecodedCache
+from classifier.data.download import FILES_TABLE, read_files_table
 from classifier.files import atomic_write_bytes, atomic_write_json, atomic_write_text
-from classifier.images import DecodeError, array_to_model_input, decode, pixel_hashes
+from classifier.data.images import DecodeError, array_to_model_input, decode, pixel_hashes
 from classifier.params import ChecksParams, DataParams, load_params
-from classifier.shards import SHARDS, pack_name, read_pack, shard_of
+from classifier.data.shards import SHARDS, pack_name, read_pack, shard_of
 
 log = logging.getLogger("prepare")
 
@@ -121,7 +121,7 @@ def array_source(images: np.ndarray, labels: np.ndarray, classes: Sequence[str],
 
 def folder_source(raw_dir: Path, size: int, shown_as: str, cache: DecodedCache | None = None) -> Source:
     """The folder source's images, from download's files table and packs: each distinct file decoded
-    once through classifier.images, or taken from `cache`. A file that does not decode is left out and
+    once through classifier.data.images, or taken from `cache`. A file that does not decode is left out and
     named in `rejected` as the user knows it (`shown_as`/relative path), for the data checks to judge;
     those that did are cached, so the next run decodes only the files the user fixed."""
     rows = read_files_table(raw_dir)
@@ -263,7 +263,7 @@ def write_prepared(out_dir: Path, splits: dict, dataset: str, classes: Sequence[
 
 def check_data(source: Source, splits: np.ndarray, policy: ChecksParams, reference: dict | None,
                report_path: Path | None) -> dict:
-    """The data checks (classifier.data_checks) on what was read and split, written to `report_path`
+    """The data checks (classifier.data.checks) on what was read and split, written to `report_path`
     whatever they find; a finding whose policy is `block` raises, before anything else is written."""
     names = np.asarray(source.classes, dtype=object)[source.labels]
     rows = list(zip((source.shown_prefix + path for path in source.paths), names, splits, source.hashes,

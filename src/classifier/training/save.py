@@ -1,6 +1,6 @@
 """Stage `save`: publish the candidate model, its model card and its results, if it is good enough.
 
-    python -m classifier.save models/candidate.pth models/candidate.json models/candidate-metrics.json \
+    python -m classifier.training.save models/candidate.pth models/candidate.json models/candidate-metrics.json \
         models/model.pth models/model.json --publish models/candidate-metrics.json metrics/metrics.json ...
 
 Below `save.min_accuracy` the stage fails and publishes nothing: the model, its card and the

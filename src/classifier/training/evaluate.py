@@ -1,12 +1,12 @@
 """Stage `evaluate`: score the trained model on the test split, example by example.
 
-    python -m classifier.evaluate data/prepared models/candidate.pth models/candidate.json \
+    python -m classifier.training.evaluate data/prepared models/candidate.pth models/candidate.json \
         models/candidate-metrics.json models/candidate-evaluation.json \
         models/candidate-predictions.csv models/candidate-per_class.csv
 
 The candidate's results, cached by DVC beside it; the save stage publishes them to metrics/ with
 the model (git-tracked, so a revision carries its published model's results and a later one can be
-judged against it with no model and no rerun: classifier.compare, pipeline.report), and leaves
+judged against it with no model and no rerun: classifier.judging.compare, pipeline.report), and leaves
 metrics/ as it was when it refuses the candidate:
 
 - metrics.json: numbers only (sample counts; test loss, accuracy, macro F1), for `dvc metrics`.
@@ -33,11 +33,11 @@ import pandas as pd
 import torch
 
 from classifier.cli import run, stage_parser
-from classifier.data import InMemorySplit, Normalization, load_prepared
+from classifier.training.split import InMemorySplit, Normalization, load_prepared
 from classifier.files import atomic_write_json, atomic_write_text
-from classifier.images import pixel_hashes
-from classifier.model import NeuralNetwork, logits_for, resolve_device, to_device, to_host
-from classifier.serialization import load_file
+from classifier.data.images import pixel_hashes
+from classifier.training.model import NeuralNetwork, logits_for, resolve_device, to_device, to_host
+from classifier.training.serialization import load_file
 
 log = logging.getLogger("evaluate")
 

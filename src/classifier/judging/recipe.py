@@ -1,14 +1,14 @@
 """A recipe's judgement: does a params change help, over K training seeds, apart from training noise?
 
-The model verdict (classifier.judgement) judges two trained models on the same test images: what a
+The model verdict (classifier.judging.judgement) judges two trained models on the same test images: what a
 merge installs. One draw per side cannot say whether the *recipe* (params) is better: on the default
 data two trainings of the same params differ by as much as the changes users test. Here both recipes
 are trained with the same K training seeds (`train.seed`; the split's `seed` fixed), each seed's
 test scores computed, and per metric the change head - base is paired by seed:
 
-- the mean paired change over the K seeds, with Student's t interval (`classifier.intervals.mean_interval`,
+- the mean paired change over the K seeds, with Student's t interval (`classifier.judging.intervals.mean_interval`,
   K - 1 degrees of freedom), at the base policy's 1 - alpha;
-- the same words as the model verdict (`classifier.verdicts.metric_verdict`) against the base's
+- the same words as the model verdict (`classifier.judging.verdicts.metric_verdict`) against the base's
   `min_effect`, and the overall verdict its most severe (`overall`).
 
 Fewer than MIN_SEEDS seeds are refused (`seeds_problem` says why). Pure: pandas, numpy and scipy;
@@ -25,10 +25,10 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from classifier.intervals import mean_interval
+from classifier.judging.intervals import mean_interval
 from classifier.params import CompareParams
-from classifier.tables import PredictionsError, class_set, pairing_problem, point_metrics
-from classifier.verdicts import METRICS, Verdict, metric_verdict, overall
+from classifier.judging.tables import PredictionsError, class_set, pairing_problem, point_metrics
+from classifier.judging.verdicts import METRICS, Verdict, metric_verdict, overall
 
 # With 2 seeds the t interval has 1 degree of freedom, t(0.975, 1) = 12.7: about 6 times as wide as
 # with many seeds, so nearly every change reads "cannot tell"; with 1 there is no spread at all.
@@ -58,7 +58,7 @@ class RecipeMetric:
 @dataclass(frozen=True)
 class RecipeJudgement:
     """The recipe verdict; `.verdict` and `.metrics` read like a `Judgement`'s, so
-    `classifier.verdicts.headline` prints it in the same words."""
+    `classifier.judging.judgement.headline` prints it in the same words."""
 
     verdict: Verdict
     metrics: tuple[RecipeMetric, ...]

@@ -1,6 +1,6 @@
 """Stage `train`: fit the MLP on the prepared train split, validating after every epoch.
 
-    python -m classifier.train data/prepared models/candidate.pth models/candidate.json \
+    python -m classifier.training.train data/prepared models/candidate.pth models/candidate.json \
         models/candidate-history.csv --resume-dir .cache/train-resume
 
 Deterministic on a given machine (same CPU, thread count and torch build): weights from
@@ -36,12 +36,12 @@ from torch import nn
 from tqdm import tqdm
 
 from classifier.cli import run, stage_parser
-from classifier.data import InMemorySplit, Normalization, epoch_order, load_prepared
+from classifier.training.split import InMemorySplit, Normalization, epoch_order, load_prepared
 from classifier.files import atomic_write_json, atomic_write_text, file_digest
-from classifier.model import (NeuralNetwork, host_state_dict, logits_for, loss_and_accuracy, resolve_device,
+from classifier.training.model import (NeuralNetwork, host_state_dict, logits_for, loss_and_accuracy, resolve_device,
                               to_device)
 from classifier.params import TrainParams, load_params
-from classifier.serialization import load_file, save_atomically
+from classifier.training.serialization import load_file, save_atomically
 
 log = logging.getLogger("train")
 
@@ -274,7 +274,7 @@ def trained_with(params) -> dict:
 def resume_key(params, prepared_dir: Path, device: torch.device) -> str:
     """A hash of everything a training run's result depends on: a resume file is only ever
     picked up by a run that would have produced exactly the same state."""
-    code = [Path(__file__).parent / name for name in ("train.py", "data.py", "model.py")]
+    code = [Path(__file__).parent / name for name in ("train.py", "split.py", "model.py")]
     inputs = {
         "params": trained_with(params),
         "data": {path.name: file_digest(path) for path in sorted(prepared_dir.iterdir()) if path.is_file()},

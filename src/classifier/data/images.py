@@ -16,7 +16,7 @@ from PIL import Image, UnidentifiedImageError
 from classifier.cli import UserError
 from classifier.files import sha256_bytes
 
-# What is wrong with a file that does not decode, for the data checks (classifier.data_checks).
+# What is wrong with a file that does not decode, for the data checks (classifier.data.checks).
 NOT_AN_IMAGE, TRUNCATED, UNDECODABLE = "not an image", "truncated", "does not decode"
 
 

@@ -1,6 +1,6 @@
 """Classify image files with a published model.
 
-    python -m classifier.predict models/model.pth digit.png [more.png ...] [--top-k 3]
+    python -m classifier.training.predict models/model.pth digit.png [more.png ...] [--top-k 3]
 
 The model's sha256 must match its card (models/model.json beside it) and the weights are
 loaded weights-only. Images are read as grayscale and resized to the card's input shape;
@@ -20,11 +20,11 @@ from pathlib import Path
 import torch
 
 from classifier.cli import UserError, run
-from classifier.data import Normalization
+from classifier.training.split import Normalization
 from classifier.files import sha256_bytes
-from classifier.images import read_image as read_model_input
-from classifier.model import HOST, NeuralNetwork, logits_for
-from classifier.serialization import load_weights_only
+from classifier.data.images import read_image as read_model_input
+from classifier.training.model import HOST, NeuralNetwork, logits_for
+from classifier.training.serialization import load_weights_only
 
 
 def load_card(card_path: Path) -> dict:
@@ -51,7 +51,7 @@ def load_model(model_path: Path, card: dict) -> NeuralNetwork:
 
 
 def read_image(path: Path, shape: Sequence[int]) -> torch.Tensor:
-    """The image as training saw its kind: classifier.images, the function prepare uses."""
+    """The image as training saw its kind: classifier.data.images, the function prepare uses."""
     if shape[0] != shape[1]:
         raise UserError(f"model input shape {list(shape)} is not square; this predict reads square images only")
     return torch.from_numpy(read_model_input(path, shape[0]))
@@ -85,7 +85,7 @@ def predict(model: NeuralNetwork, card: dict, images: torch.Tensor, top_k: int =
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m classifier.predict", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m classifier.training.predict", description=__doc__.splitlines()[0])
     parser.add_argument("model_path", type=Path, help="published state_dict, e.g. models/model.pth")
     parser.add_argument("images", type=Path, nargs="+", help="image files (PNG, JPEG, ...)")
     parser.add_argument("--card", type=Path, help="model card (default: the model path with .json)")

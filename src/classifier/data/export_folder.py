@@ -1,7 +1,7 @@
 """Write MNIST-5k images as an ImageFolder tree (`OUT/<digit>/<index>.png`), for trying the folder source.
 
-    python -m classifier.export_folder OUT --start 0 --stop 3000     # the first 3,000
-    python -m classifier.export_folder OUT --start 3000               # then the remaining 2,000
+    python -m classifier.data.export_folder OUT --start 0 --stop 3000     # the first 3,000
+    python -m classifier.data.export_folder OUT --start 3000               # then the remaining 2,000
 
 The bundled file is sorted by digit, so images are taken in an interleaved order (0, 1, ..., 9,
 0, 1, ...): any run of them covers every class about equally. `<index>` is the image's row in
@@ -19,8 +19,8 @@ import numpy as np
 from PIL import Image
 
 from classifier.cli import UserError, run
-from classifier.download import bundled_mnist_5k_path
-from classifier.prepare import read_mnist_5k
+from classifier.data.download import bundled_mnist_5k_path
+from classifier.data.prepare import read_mnist_5k
 
 
 def interleaved_order(labels: np.ndarray) -> np.ndarray:
@@ -46,7 +46,7 @@ def export(out_dir: Path, start: int = 0, stop: int | None = None) -> list[Path]
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m classifier.export_folder", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m classifier.data.export_folder", description=__doc__.splitlines()[0])
     parser.add_argument("out_dir", type=Path, help="root of the ImageFolder tree to write")
     parser.add_argument("--start", type=int, default=0, help="first image, in interleaved order (default: 0)")
     parser.add_argument("--stop", type=int, help="one past the last image (default: all 5,000)")

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 import numpy as np
 import pandas as pd
 
-from classifier.intervals import macro_f1
+from classifier.judging.intervals import macro_f1
 
 COLUMNS = ("id", "actual", "predicted", "loss")
 

@@ -1,6 +1,6 @@
 """The retrain gate's rule: promote a challenger over the champion, on two tables of the same test split.
 
-Pure: it judges with classifier.judgement, the pull-request report's judgement, and decides on
+Pure: it judges with classifier.judging.judgement, the pull-request report's judgement, and decides on
 its words, so the gate and the report cannot part: a promoted challenger always passes the
 report's `--fail-on-regression` on the same tables.
 
@@ -24,10 +24,10 @@ from dataclasses import dataclass, field
 
 import pandas as pd
 
-from classifier.judgement import Discordance, Judgement, MetricVerdict, Resolution, headline, judge_pair
+from classifier.judging.judgement import Discordance, Judgement, MetricVerdict, Resolution, headline, judge_pair
 from classifier.params import CompareParams
-from classifier.tables import PredictionsError, pairing_problem
-from classifier.verdicts import EPSILON, HIGHER_IS_BETTER, LABELS, METRICS
+from classifier.judging.tables import PredictionsError, pairing_problem
+from classifier.judging.verdicts import EPSILON, HIGHER_IS_BETTER, LABELS, METRICS
 
 
 @dataclass(frozen=True)
