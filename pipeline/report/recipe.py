@@ -4,27 +4,28 @@ training seeds 1..K on the same split, judged seed by seed (classifier.judging.c
     python -m pipeline.report --base main --seeds 5      (make pr-report SEEDS=5)
 
 A recipe is the params a training reads (top-level `seed`, `data`, `model`, `train`); both sides
-train with the workspace's code, so a pull request that changes only params is judged on exactly
-its change, and one that changes code shows that in the model verdict, not here. Each training is
+train with the same code (the workspace's, or in CI the base's), so a pull request that changes only
+params is judged on exactly its change, and one that changes code shows that in the model verdict. Each training is
 a DVC experiment (`dvc exp run -S ++train.seed=S`, `save.min_accuracy` 0 since nothing is
 published), named `recipe-<key>-...`, where the key hashes the recipe and the training and
 evaluation code: a recipe's seeds are trained once and found again by the next report, in this
 clone's `refs/exps` or, fetched first, the git origin's (`dvc exp push origin` sends them there).
 The tables judged are each experiment's committed `metrics/predictions.csv`.
 
-In CI (`--check-head`, `make pr-report SEEDS=K`) nothing of the pull request runs and nothing it could
-have written is read: each seed is trained here by the BASE's `classifier.training.train` and scored by its
-`classifier.training.evaluate` (the base's worktree first on PYTHONPATH) on the base's prepared data, from each
-side's `params.yaml` with `train.seed` set (the base's params code validates the head's); no experiment
-is looked up or fetched, since a contributor can push refs. A head recipe that changes the split
-(`seed`, `data`) is not judged there: both sides train on the base's split.
+In CI (`--check-head`, `make pr-report SEEDS=K`) nothing of the pull request runs and nothing it
+could have written is read: each seed is trained here by the BASE's `classifier.training.train` and
+scored by its `classifier.training.evaluate` (the base's worktree first on PYTHONPATH) on the base's
+prepared data, from each side's `params.yaml` with `train.seed` set (the base's params code validates
+the head's); no experiment is looked up or fetched, since a contributor can push refs. A head recipe
+that changes the split (`seed`, `data`) is not judged there: both sides train on the base's split.
 
-Elsewhere (`python -m pipeline.report --seeds K`, the developer's own workspace and code), when
-PREFECT_API_URL names a server whose `cpu` pool has a worker online,
-the missing seeds of each side go to the workers as one sweep (`python -m pipeline.sweep`, a
-subprocess: the sweep and the report are sibling rooms), whose workers train in their own clones
-and `dvc exp push origin`; otherwise here, one `dvc exp run --temp` after another (the workspace is
-left as it is). Either way each training's progress is a line on stderr.
+Elsewhere (`python -m pipeline.report --seeds K`: the developer's own workspace and code), when
+PREFECT_API_URL names a server whose `cpu` pool has a worker online, the missing seeds of each side
+go to the workers as one sweep (`python -m pipeline.sweep`, a subprocess: the sweep and the report
+are sibling rooms), whose workers train the deployed branch's code in their own clones, with every
+key of the recipe set, and `dvc exp push origin`; otherwise here, one `dvc exp run --temp` after
+another (the workspace is left as it is). An experiment counts for a recipe only when the params.yaml
+it trained is that recipe. Either way each training's progress is a line on stderr.
 """
 
 from __future__ import annotations
@@ -107,8 +108,10 @@ def overrides(recipe: Mapping, workspace: Mapping) -> list[str]:
     return changes
 
 
-def found_experiments(repo: Path, key: str) -> dict[int, str]:
-    """The training seed of each experiment of this recipe in `refs/exps`, and its commit."""
+def found_experiments(repo: Path, key: str, recipe: Mapping | None = None) -> dict[int, str]:
+    """The training seed of each experiment of this recipe in `refs/exps`, and its commit. With `recipe`,
+    only experiments whose params are that recipe count: a name is a claim, the params.yaml it trained is
+    the fact."""
     refs = git(repo, "for-each-ref", "--format=%(objectname) %(refname)", "refs/exps/").stdout.split("\n")
     found = {}
     for line in filter(None, refs):
@@ -116,6 +119,8 @@ def found_experiments(repo: Path, key: str) -> dict[int, str]:
         if not ref.rsplit("/", 1)[-1].startswith(f"recipe-{key}-"):
             continue
         params = yaml.safe_load(git(repo, "show", f"{sha}:{PARAMS_PATH}").stdout or "{}") or {}
+        if recipe is not None and recipe_of(params) != dict(recipe):
+            continue
         seed = (params.get("train") or {}).get("seed")
         if isinstance(seed, int):
             found.setdefault(seed, sha)
@@ -180,9 +185,9 @@ def run_on_workers(repo: Path, key: str, changes: Sequence[str], seeds: Sequence
 
 def train_with_base_code(tree: Path, prepared: Path, params: Mapping, seeds: Sequence[int], label: str,
                          scratch: Path, say: Callable[[str], None]) -> tuple[dict[int, pd.DataFrame], set[str]]:
-    """CI's own trainings: `params` with each `train.seed`, trained by the base's `classifier.training.train` on the
-    base's `prepared` data and scored by the base's `classifier.training.evaluate`; each seed's per-example table and
-    the test fingerprints they were scored on."""
+    """CI's own trainings: `params` with each `train.seed`, trained by the base's `classifier.training.train`
+    on the base's `prepared` data and scored by the base's `classifier.training.evaluate`; each seed's
+    per-example table and the test fingerprints they were scored on."""
     tables, fingerprints = {}, set()
     env = stage_env({"PYTHONPATH": str(tree / "src")})
     for number, seed in enumerate(seeds, start=1):
@@ -198,15 +203,16 @@ def train_with_base_code(tree: Path, prepared: Path, params: Mapping, seeds: Seq
             if " epoch " in line:
                 say(f"recipe:   {label} seed {seed}: {line.strip()}")
 
-        code, lines = stream([sys.executable, "-P", "-m", "classifier.training.train", str(prepared), str(model), str(card),
-                              str(history), "--params", str(where / PARAMS_PATH)], tree, show, TRAINING_TIMEOUT_S,
-                             "train", {"PYTHONPATH": str(tree / "src")})
+        train = [sys.executable, "-P", "-m", "classifier.training.train", str(prepared), str(model), str(card),
+                 str(history), "--params", str(where / PARAMS_PATH)]
+        code, lines = stream(train, tree, show, TRAINING_TIMEOUT_S, "train", {"PYTHONPATH": str(tree / "src")})
         if code != 0:
             raise RecipeError(f"the {label}'s training with seed {seed} failed (the base's train, exit {code}): "
                               + " | ".join(lines[-3:]))
         scored = [where / name for name in ("metrics.json", "evaluation.json", "predictions.csv", "per_class.csv")]
-        done = subprocess.run([sys.executable, "-P", "-m", "classifier.training.evaluate", str(prepared), str(model), str(card),
-                               *map(str, scored)], cwd=tree, capture_output=True, text=True, env=env)
+        evaluate = [sys.executable, "-P", "-m", "classifier.training.evaluate", str(prepared), str(model), str(card),
+                    *map(str, scored)]
+        done = subprocess.run(evaluate, cwd=tree, capture_output=True, text=True, env=env)
         if done.returncode != 0:
             raise RecipeError(f"the {label}'s seed {seed} could not be scored (the base's evaluate, exit "
                               f"{done.returncode}): " + " | ".join(done.stderr.strip().splitlines()[-3:]))
@@ -296,13 +302,15 @@ def _judged(section: RecipeSection, repo: Path, base_params: Mapping | None, pol
     tables = {}
     for label, recipe in (("base", recipe_of(base_params)), ("head", workspace)):
         key = recipe_key(recipe, code)
-        found = found_experiments(repo, key)
+        found = found_experiments(repo, key, recipe)
         missing = [seed for seed in section.seeds if seed not in found]
         reused = len(section.seeds) - len(missing)
         if missing:
             runner = run_on_workers if on_workers else run_locally
-            runner(repo, key, overrides(recipe, workspace), missing, label, say)
-            found = found_experiments(repo, key)
+            # A worker trains the deployed branch's params.yaml, not this workspace's: it gets every key.
+            changes = overrides(recipe, {} if on_workers else workspace)
+            runner(repo, key, changes, missing, label, say)
+            found = found_experiments(repo, key, recipe)
             if still := [seed for seed in missing if seed not in found]:
                 raise RecipeError(f"the {label}'s seed(s) {', '.join(map(str, still))} left no experiment here"
                                   + ("" if fetched or not on_workers else " (no git origin to fetch them from)"))

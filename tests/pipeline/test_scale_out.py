@@ -280,6 +280,35 @@ def test_a_gpu_run_on_a_worker_without_cuda_fails_fast_and_changes_nothing(clust
 
 
 @pytest.mark.slow
+def test_the_recipe_verdicts_seeds_train_on_the_workers_with_each_sides_params(cluster):
+    # A pull request's params change, judged over 3 seeds per side: with the cpu pool online, each side's
+    # seeds go to the workers as one sweep; the workers train the deployed branch (main) with every recipe
+    # key set, so the head's seeds really have the head's learning rate.
+    laptop = cluster.laptop
+    git(laptop, "checkout", "-q", "-b", "recipe-pr")
+    write_params(laptop, **{"train.learning_rate": 0.003})
+    commit_all(laptop, "head: a larger learning rate")
+    try:
+        done = subprocess.run([sys.executable, "-m", "pipeline.report", "--base", "main", "--seeds", "3", "--out",
+                               "recipe-report"], cwd=laptop, env=cluster.env, capture_output=True, text=True,
+                              timeout=1500)
+        assert done.returncode == 0, done.stderr[-3000:] + logs_tail(cluster)
+        assert "recipe: base: 3 seed(s) to the cpu pool's workers as one sweep" in done.stderr
+        assert "recipe: head: 3 seed(s) to the cpu pool's workers as one sweep" in done.stderr
+        assert "dvc exp run --temp" not in done.stderr  # nothing trained on the laptop
+        text = (laptop / "recipe-report" / "report.md").read_text()
+        assert text.count("0 of 3 seed(s) found from an earlier run, 3 trained on the pool's workers") == 2, text
+        assert "**Recipe verdict: " in text
+        # The experiments the workers pushed: three per side, with that side's learning rate and its seed.
+        refs = git(laptop, "for-each-ref", "--format=%(objectname)", "refs/exps/").split()
+        trained = [yaml.safe_load(git(laptop, "show", f"{sha}:params.yaml"))["train"] for sha in refs]
+        assert sorted((t["learning_rate"], t["seed"]) for t in trained if "seed" in t) == [
+            (0.001, 1), (0.001, 2), (0.001, 3), (0.003, 1), (0.003, 2), (0.003, 3)]
+    finally:
+        git(laptop, "checkout", "-q", "main")
+
+
+@pytest.mark.slow
 def test_a_retrain_on_a_worker_pushes_its_branch_and_outputs(cluster):
     # main asks for two epochs; its committed model is the one-epoch champion: the retrain can beat it.
     write_params(cluster.laptop, **{"train.epochs": 2})

@@ -10,7 +10,9 @@ import yaml
 
 from classifier.judging.compare import judge_recipe
 from classifier.params import CompareParams
-from pipeline.report.recipe import RecipeSection, overrides, recipe_key, recipe_lines, recipe_of, recipe_section
+from pipeline.report.recipe import (
+    RecipeSection, found_experiments, overrides, recipe_key, recipe_lines, recipe_of, recipe_section,
+)
 from pipeline.results import git
 
 POLICY = CompareParams(alpha=0.05, min_effect={"accuracy": 0.025, "macro_f1": 0.025, "loss": 0.1})
@@ -89,3 +91,21 @@ def test_ci_refuses_a_head_recipe_that_changes_the_split_before_training(tmp_pat
     section = recipe_section(head, git(head, "rev-parse", "HEAD").stdout.strip(), POLICY, 3, tmp_path / "out",
                              base_tree=empty, prepared=empty)
     assert section.judgement is None and "changes the split" in section.problem
+
+
+def test_an_experiment_counts_for_a_recipe_only_when_its_params_are_that_recipe(tmp_path, default_params):
+    # A worker that trained the wrong params under the recipe's name (or a ref anyone pushed) is not believed.
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    subprocess.run(["git", "init", "-q"], cwd=repo, check=True)
+    recipe = recipe_of(default_params)
+    for seed, rate in ((1, default_params["train"]["learning_rate"]), (2, 0.003)):
+        params = {**default_params, "train": {**default_params["train"], "seed": seed, "learning_rate": rate}}
+        (repo / "params.yaml").write_text(yaml.safe_dump(params))
+        subprocess.run(["git", "add", "params.yaml"], cwd=repo, check=True)
+        subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@example.invalid", "commit", "-q", "-m",
+                        f"seed {seed}"], cwd=repo, check=True)
+        sha = git(repo, "rev-parse", "HEAD").stdout.strip()
+        subprocess.run(["git", "update-ref", f"refs/exps/ab/cdef/recipe-k1-seed-{seed}", sha], cwd=repo, check=True)
+    assert sorted(found_experiments(repo, "k1")) == [1, 2]  # by name alone
+    assert sorted(found_experiments(repo, "k1", recipe)) == [1]  # seed 2 trained another learning rate
