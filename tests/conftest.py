@@ -226,7 +226,7 @@ SHARED_FIXTURE_FILES = {"tests/pipeline/test_report.py", "tests/pipeline/test_sc
                         "tests/unit/test_save_and_predict.py", "tests/unit/test_verdict_coverage.py", "tests/gpu/test_cuda.py",
                         "tests/pipeline/test_team_server.py", "tests/pipeline/test_report_trusted.py"}
 # The test files whose tests take minutes (servers, workers, heartbeats), longest first: handed out first.
-LONGEST_FILES = ["test_report_trusted", "test_loop_chain", "test_crash_recovery", "test_team_server", "test_recipe_verdict", "test_registry_chain", "test_retrain_on_new_data", "test_no_secrets_leak",
+LONGEST_FILES = ["test_report_trusted", "test_loop_chain", "test_crash_recovery", "test_team_server", "test_recipe_verdict", "test_scale_out", "test_report", "test_registry_chain", "test_retrain_on_new_data", "test_no_secrets_leak",
                  "test_prefect_server", "test_remote_s3", "test_experiments", "test_auth", "test_guarantees", "test_retrain",
                  "test_flows", "test_fresh_clone", "test_retrain_pull_request", "test_ui_links", "test_push_choice"]
 
