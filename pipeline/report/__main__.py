@@ -1,6 +1,6 @@
 """Pull-request report: what a change did to the model, a base revision against the workspace.
 
-    python -m pipeline.report --base main [--out report] [--fail-on-regression]
+    python -m pipeline.report --base main [--out report] [--fail-on-regression] [--seeds K]
 
 Writes OUT/report.md (images inline), OUT/comment.md (the same text for a pull-request
 comment, images pointed at the workflow artifact), the PNG images beside them and
@@ -15,6 +15,10 @@ dvc.lock records from the DVC cache or the remote the BASE names (checked by md5
 the head's code when it cannot, and scores it with the base's evaluate on the base's test images
 (pipeline.report.head). `--handed-over DIR` gives the model an untrusted job trained, and then no
 code of the head runs here; `--repo` names the head's checkout when it is not the current folder.
+
+With --seeds K, a Recipe (K seeds) section beside the verdict: the base's params and the head's, each
+trained with K training seeds and judged seed by seed (pipeline.report.recipe); with --check-head,
+trained by the base's code. The exit status stays the model verdict's.
 
 Exit status: 0 report written; with --fail-on-regression, 1 when the head may be worse by as much
 as matters (the verdict is *worse by more than matters*, *worse, perhaps by enough to matter*, or
