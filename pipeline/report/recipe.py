@@ -33,7 +33,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import subprocess
 import sys
 import tempfile
 import time
@@ -51,8 +50,9 @@ from classifier.judging.compare import (
 from classifier.files import file_digest
 from classifier.params import CompareParams
 from pipeline.project import EVALUATION_PATH, PARAMS_PATH, PREDICTIONS_PATH, flatten
+from pipeline.report.head import score
 from pipeline.results import git
-from pipeline.run.stages import read_dvc_yaml, stage_env, stream
+from pipeline.run.stages import read_dvc_yaml, stream
 
 # The params a training reads: the recipe. `train.seed` is set per training, so it is not part of it.
 RECIPE_SECTIONS = ("seed", "data", "model", "train")
@@ -189,7 +189,6 @@ def train_with_base_code(tree: Path, prepared: Path, params: Mapping, seeds: Seq
     on the base's `prepared` data and scored by the base's `classifier.training.evaluate`; each seed's
     per-example table and the test fingerprints they were scored on."""
     tables, fingerprints = {}, set()
-    env = stage_env({"PYTHONPATH": str(tree / "src")})
     for number, seed in enumerate(seeds, start=1):
         where = scratch / f"{label}-seed-{seed}"
         where.mkdir(parents=True)
@@ -209,15 +208,11 @@ def train_with_base_code(tree: Path, prepared: Path, params: Mapping, seeds: Seq
         if code != 0:
             raise RecipeError(f"the {label}'s training with seed {seed} failed (the base's train, exit {code}): "
                               + " | ".join(lines[-3:]))
-        scored = [where / name for name in ("metrics.json", "evaluation.json", "predictions.csv", "per_class.csv")]
-        evaluate = [sys.executable, "-P", "-m", "classifier.training.evaluate", str(prepared), str(model), str(card),
-                    *map(str, scored)]
-        done = subprocess.run(evaluate, cwd=tree, capture_output=True, text=True, env=env)
-        if done.returncode != 0:
-            raise RecipeError(f"the {label}'s seed {seed} could not be scored (the base's evaluate, exit "
-                              f"{done.returncode}): " + " | ".join(done.stderr.strip().splitlines()[-3:]))
-        tables[seed] = read_predictions(scored[2].read_text(encoding="utf-8"), f"the {label}'s seed {seed}")
-        fingerprints.add(str(json.loads(scored[1].read_text(encoding="utf-8")).get("test_fingerprint")))
+        if (failed := score(tree, prepared, model, card, where)) is not None:
+            raise RecipeError(f"the {label}'s seed {seed} could not be scored (the base's evaluate): {failed}")
+        tables[seed] = read_predictions((where / PREDICTIONS_PATH).read_text(encoding="utf-8"),
+                                        f"the {label}'s seed {seed}")
+        fingerprints.add(str(json.loads((where / EVALUATION_PATH).read_text(encoding="utf-8")).get("test_fingerprint")))
         say(f"recipe: {label} seed {seed} done in {time.monotonic() - started:.0f} s")
     return tables, fingerprints
 

@@ -28,8 +28,8 @@ def room(module: str) -> str:
     return module.split(".")[1]
 
 
-def imported_modules(path: Path) -> set[str]:
-    """The modules `path` imports, at module level or inside a function."""
+def imported_modules(path: Path, root: Path = PIPELINE.parent) -> set[str]:
+    """The modules `path` imports, at module level or inside a function; `root` holds the packages."""
     found = set()
     for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
         if isinstance(node, ast.Import):
@@ -38,7 +38,7 @@ def imported_modules(path: Path) -> set[str]:
             found.add(node.module)
             # `from pipeline.report import plots` imports the module pipeline.report.plots.
             found.update(f"{node.module}.{alias.name}" for alias in node.names
-                         if (PIPELINE.parent / node.module.replace(".", "/") / f"{alias.name}.py").is_file())
+                         if (root / node.module.replace(".", "/") / f"{alias.name}.py").is_file())
     return found
 
 
@@ -106,14 +106,7 @@ def library_imports() -> dict[str, set[str]]:
     found = {}
     for path in sorted(LIBRARY.rglob("*.py")):
         parts = path.relative_to(LIBRARY.parent).with_suffix("").parts
-        imported = set()
-        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
-            if isinstance(node, ast.Import):
-                imported.update(alias.name for alias in node.names)
-            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
-                imported.add(node.module)
-                imported.update(f"{node.module}.{alias.name}" for alias in node.names
-                                if (LIBRARY.parent / node.module.replace(".", "/") / f"{alias.name}.py").is_file())
+        imported = imported_modules(path, LIBRARY.parent)
         found[".".join(parts[:-1] if parts[-1] == "__init__" else parts)] = {
             name for name in imported if name.startswith("classifier.")}
     return found
