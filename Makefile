@@ -216,8 +216,9 @@ CRASH_AFTER ?=
 # second stops the worker. `exec`: the worker is make's own child, with no shell in between.
 DEFAULT_SIGINT := import os, signal, sys; signal.signal(signal.SIGINT, signal.SIG_DFL); os.execv(sys.argv[1], sys.argv[1:])
 
+# A missing pool is created by the worker itself, as a process pool (Prefect's --create-pool-if-not-found): no
+# second `prefect` command, which would cost its 1.5 s of imports on every start.
 worker: $(ENV)  ## start a worker on work pool POOL=cpu|gpu (created if missing); stops on the first Ctrl-C
-	$(BIN)/prefect work-pool inspect '$(POOL)' >/dev/null 2>&1 || $(BIN)/prefect work-pool create '$(POOL)' --type process
 	exec $(BIN)/python -c '$(DEFAULT_SIGINT)' $(BIN)/prefect worker start --pool '$(POOL)' $(if $(LIMIT),--limit '$(LIMIT)')
 
 deploy: $(ENV)  ## register prefect.yaml's deployments and automations (idempotent); REPO=origin for workers on other machines

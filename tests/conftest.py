@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import fcntl
+import gc
 import gzip
 import json
 import os
@@ -255,6 +256,12 @@ def pytest_xdist_make_scheduler(config, log):
                 self._assign_work_unit(node)
 
     return Schedule(config, log)
+
+
+def pytest_collection_finish(session):
+    """What collection imported (torch, Prefect, DVC, pandas: millions of objects) lives as long as the
+    process: the garbage collector stops walking it on every collection of the session's tests."""
+    gc.freeze()
 
 
 def pytest_collection_modifyitems(config, items):

@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import base64
+import fcntl
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from contextlib import contextmanager
 from datetime import datetime
+from importlib.metadata import version
 from pathlib import Path
 
 import httpx
@@ -62,6 +66,22 @@ def basic_auth(auth_string: str) -> dict[str, str]:
     return {"Authorization": "Basic " + base64.b64encode(auth_string.encode()).decode()}
 
 
+def migrated_database() -> Path:
+    """A SQLite file with Prefect's migrations applied, made once per Prefect version on this machine
+    (`prefect server database upgrade`). The servers these tests start begin from a copy of it rather
+    than spending 6-8 s of CPU migrating a new one each; a first start's migrations are still run by
+    `make run`'s own server (pipeline/server/local.py), which these helpers do not start."""
+    made = Path(tempfile.gettempdir()) / f"classifier-tests-prefect-{version('prefect')}.db"
+    with open(f"{made}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # one xdist worker migrates, the others wait and copy
+        if not made.exists():
+            with tempfile.TemporaryDirectory() as home:
+                subprocess.run([PREFECT, "server", "database", "upgrade", "--yes"], check=True, capture_output=True,
+                               env=subprocess_env(PREFECT_HOME=home, PREFECT_SERVER_ANALYTICS_ENABLED="false"))
+                os.replace(Path(home) / "prefect.db", made)
+    return made
+
+
 @contextmanager
 def prefect_server(folder: Path, auth_string: str | None = None, make_project: Path | None = None,
                    database_url: str | None = None, server_extra_env: dict | None = None):
@@ -88,6 +108,10 @@ def prefect_server(folder: Path, auth_string: str | None = None, make_project: P
                    *([f"DATABASE_URL={database_url}"] if database_url else [])]
     elif database_url:
         server_env["PREFECT_API_DATABASE_CONNECTION_URL"] = database_url
+    if database_url is None:
+        home = Path(server_env["PREFECT_HOME"])
+        home.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(migrated_database(), home / "prefect.db")
     log = open(folder / "server.log", "w")
     process = subprocess.Popen(command, cwd=make_project, env=server_env,
                                stdout=log, stderr=subprocess.STDOUT, start_new_session=True)

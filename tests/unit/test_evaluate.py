@@ -12,7 +12,8 @@ from sklearn import metrics as sk
 
 from classifier.training import evaluate
 from classifier.judging.compare import point_metrics, read_predictions
-from classifier.training.evaluate import example_ids, per_class_csv, predictions_csv, score, split_fingerprint
+from classifier.data.images import split_fingerprint
+from classifier.training.evaluate import example_ids, per_class_csv, predictions_csv, score
 from classifier.data.prepare import write_prepared
 from tests.conftest import tiny_images
 from tests.unit.test_save_and_predict import write_candidate

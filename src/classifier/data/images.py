@@ -7,6 +7,7 @@ size differs) -> uint8 H x W. No torch: prepare does not import it.
 
 from __future__ import annotations
 
+import hashlib
 import io
 from pathlib import Path
 
@@ -56,6 +57,14 @@ def decode(data: bytes | Path, size: int, source: Path | str) -> np.ndarray:
     except (OSError, SyntaxError, ValueError) as error:  # PIL reports truncated and bad data as these
         kind = TRUNCATED if "truncated" in str(error) or "broken data stream" in str(error) else UNDECODABLE
         raise DecodeError(f"{source}: cannot decode the image ({error})", kind) from None
+
+
+def split_fingerprint(images: np.ndarray, labels: np.ndarray) -> str:
+    """sha256 of the pixels (uint8, C order) then the labels (int64, little-endian), in split order."""
+    digest = hashlib.sha256()
+    digest.update(np.ascontiguousarray(images, dtype=np.uint8).tobytes())
+    digest.update(np.ascontiguousarray(labels, dtype="<i8").tobytes())
+    return f"sha256:{digest.hexdigest()}"
 
 
 def pixel_hashes(images: np.ndarray) -> list[str]:

@@ -38,6 +38,7 @@ from classifier.datasets import BUNDLED_MNIST_5K, DATASETS, IDX_ROLES
 from classifier.data.decoded_cache import DecodedCache
 from classifier.data.download import FILES_TABLE, read_files_table
 from classifier.files import atomic_write_bytes, atomic_write_json, atomic_write_text
+from classifier.data.prepared import split_paths
 from classifier.data.images import DecodeError, array_to_model_input, decode, pixel_hashes
 from classifier.params import ChecksParams, DataParams, load_params
 from classifier.data.shards import SHARDS, pack_name, read_pack, shard_of
@@ -253,8 +254,9 @@ def write_prepared(out_dir: Path, splits: dict, dataset: str, classes: Sequence[
     }
     for name in SPLITS:
         images, labels = splits[name]
-        atomic_write_bytes(out_dir / f"{name}_images.npy", _npy_bytes(images.astype(np.uint8)))
-        atomic_write_bytes(out_dir / f"{name}_labels.npy", _npy_bytes(labels.astype(np.int64)))
+        images_path, labels_path = split_paths(out_dir, name)
+        atomic_write_bytes(images_path, _npy_bytes(images.astype(np.uint8)))
+        atomic_write_bytes(labels_path, _npy_bytes(labels.astype(np.int64)))
     if write_table:
         atomic_write_text(out_dir / "manifest.csv", table.to_csv(index=False, lineterminator="\n"))
     atomic_write_json(out_dir / "meta.json", meta)

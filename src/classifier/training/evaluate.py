@@ -21,7 +21,6 @@ metrics/ as it was when it refuses the candidate:
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import sys
@@ -35,7 +34,7 @@ import torch
 from classifier.cli import run, stage_parser
 from classifier.training.split import InMemorySplit, Normalization, load_prepared
 from classifier.files import atomic_write_json, atomic_write_text
-from classifier.data.images import pixel_hashes
+from classifier.data.images import pixel_hashes, split_fingerprint
 from classifier.training.model import NeuralNetwork, logits_for, resolve_device, to_device, to_host
 from classifier.training.serialization import load_file
 
@@ -85,14 +84,6 @@ def test_logits(model: NeuralNetwork, test: InMemorySplit, normalization: Normal
     """The split's logits, computed on `device` and brought back to the host, where the tables are made."""
     logits = logits_for(to_device(model, device), to_device(test.images, device), normalization, device)
     return to_host(logits)
-
-
-def split_fingerprint(images: np.ndarray, labels: np.ndarray) -> str:
-    """sha256 of the pixels (uint8, C order) then the labels (int64, little-endian), in split order."""
-    digest = hashlib.sha256()
-    digest.update(np.ascontiguousarray(images, dtype=np.uint8).tobytes())
-    digest.update(np.ascontiguousarray(labels, dtype="<i8").tobytes())
-    return f"sha256:{digest.hexdigest()}"
 
 
 def example_ids(images: np.ndarray) -> list[str]:

@@ -10,6 +10,8 @@ import numpy as np
 import torch
 from torch.utils.data import BatchSampler, DataLoader, Dataset, RandomSampler, SequentialSampler
 
+from classifier.data.prepared import read_split
+
 
 @dataclass(frozen=True)
 class Normalization:
@@ -78,7 +80,6 @@ def load_prepared(prepared_dir: Path, split_names: tuple[str, ...]) -> PreparedD
     meta = json.loads((prepared_dir / "meta.json").read_text())
     splits = {}
     for name in split_names:
-        images = np.load(prepared_dir / f"{name}_images.npy", allow_pickle=False)
-        labels = np.load(prepared_dir / f"{name}_labels.npy", allow_pickle=False)
+        images, labels = read_split(prepared_dir, name)
         splits[name] = InMemorySplit(torch.from_numpy(images), torch.from_numpy(labels))
     return PreparedData(meta, splits)
