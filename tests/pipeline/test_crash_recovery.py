@@ -125,8 +125,9 @@ def test_a_retrain_whose_machine_dies_is_crashed_then_retried_and_the_next_one_r
 
         # Crashed is a final state, and the retry is another automation's answer to its event, seconds later:
         # the outcome is read once the run is back to AwaitingRetry, not while it may still read Crashed.
-        wait_for(lambda: ("SCHEDULED", "AwaitingRetry") in [(state["type"], state["name"]) for state in state_history(api, run)],
-                 "the crashed run to be set to AwaitingRetry", 60)
+        def awaiting_retry():
+            return ("SCHEDULED", "AwaitingRetry") in [(state["type"], state["name"]) for state in state_history(api, run)]
+        wait_for(awaiting_retry, "the crashed run to be set to AwaitingRetry", 60)
         outcome = final_state(api, run, RETRIED_WITHIN_S)
         retried_after_s = time.monotonic() - killed
         assert outcome == "COMPLETED", second_log.read_text()[-4000:]
